@@ -1,0 +1,44 @@
+# Set-up and the two main commands. `make demo` and `make test` create the
+# virtual environment in .venv and install pinned versions from
+# constraints.txt on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints.txt
+DEMO_CONFIG ?= configs/pmc_oa_shared_feature.py:small
+DEMO_WORKDIR ?= runs/demo
+DEMO_EXPORT ?= exports/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Builds the embedded dataset (first run only), trains the small shared
+# config, evaluates on test and exports a bundle. Rerunning resumes the run.
+demo: $(VENV)/.installed
+	$(BIN)/shared-encoder-train --config=$(DEMO_CONFIG) --workdir=$(DEMO_WORKDIR)
+	$(BIN)/shared-encoder-export --workdir=$(DEMO_WORKDIR) --output=$(DEMO_EXPORT) --overwrite
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Rewrites constraints.txt with the versions installed in .venv now.
+lock: $(VENV)/.installed-test
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^shared-encoder-jax' > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

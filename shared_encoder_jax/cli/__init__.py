@@ -1,0 +1,1 @@
+"""Command-line entry points: train, evaluate and export."""

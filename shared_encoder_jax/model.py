@@ -1,0 +1,274 @@
+"""The shared image–text encoder (Flax linen).
+
+One pre-LN Transformer stack serves image patches and text tokens. Layer `i`
+is either shared, one parameter subtree `shared_blocks_i` applied to both
+modalities, or modality-specific, two subtrees `image_blocks_i` and
+`text_blocks_i`. Sharing every layer gives the shared encoder; sharing none
+gives the two-tower (separate encoders) baseline.
+
+The two modalities are told apart by `modality`:
+  * "feature": a learnable `modality_dim` vector concatenated to every token;
+    the patch and token embeddings are `width - modality_dim` wide.
+  * "token": `num_modality_tokens` learnable tokens in the sequence, after the
+    start token for text and after the class token for images.
+  * "none": nothing.
+
+This module imports only JAX and Flax, so the export loader can use it on
+machines without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shared_encoder_jax import config as config_lib
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+           "float16": jnp.float16}
+
+
+class MlpBlock(nn.Module):
+  """Two dense layers with a GELU between them."""
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x)
+    return nn.Dense(width, dtype=self.dtype, name="fc2")(x)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  num_heads: int
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, name="attention")(
+            y, y, mask=mask)
+    x = x + y
+    y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
+    return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+
+
+class SharedEncoderCLIP(nn.Module):
+  """Image and text encoders built on one partly or fully shared Transformer.
+
+  `vocab_size` and `eot_id` come from the tokenizer. `shared_layers` lists
+  the indices of layers whose weights serve both modalities.
+  """
+  vocab_size: int
+  eot_id: int
+  image_size: int = 224
+  patch_size: int = 16
+  image_channels: int = 3
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  text_context: int = 77
+  embed_dim: int = 512
+  modality: str = "feature"
+  modality_dim: int = 20
+  num_modality_tokens: int = 1
+  shared_layers: Sequence[int] = ()
+  dtype: str = "float32"
+  logit_scale_init: float = 1 / 0.07
+  logit_scale_max: float = 100.0
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def _extra_tokens(self) -> int:
+    return self.num_modality_tokens if self.modality == "token" else 0
+
+  @property
+  def _embedding_width(self) -> int:
+    if self.modality == "feature":
+      return self.width - self.modality_dim
+    return self.width
+
+  def setup(self):
+    dtype = _DTYPES[self.dtype]
+    block = lambda: EncoderBlock(self.num_heads, self.mlp_dim, dtype=dtype)
+    shared = set(self.shared_layers)
+    self.shared_blocks = {str(i): block() for i in range(self.depth)
+                          if i in shared}
+    self.image_blocks = {str(i): block() for i in range(self.depth)
+                         if i not in shared}
+    self.text_blocks = {str(i): block() for i in range(self.depth)
+                        if i not in shared}
+
+    normal = nn.initializers.normal
+    scale = self.width ** -0.5
+    self.patch_embedding = nn.Conv(
+        self._embedding_width, (self.patch_size, self.patch_size),
+        strides=(self.patch_size, self.patch_size), padding="VALID",
+        dtype=dtype)
+    self.class_token = self.param("class_token", normal(scale),
+                                  (self.width,))
+    self.image_position_embedding = self.param(
+        "image_position_embedding", normal(scale),
+        (1 + self._extra_tokens + self.num_patches, self.width))
+    self.image_pre_norm = nn.LayerNorm(dtype=dtype)
+    self.image_final_norm = nn.LayerNorm(dtype=dtype)
+    self.image_projection = nn.Dense(self.embed_dim, use_bias=False,
+                                     dtype=dtype)
+
+    self.token_embedding = nn.Embed(
+        self.vocab_size, self._embedding_width, embedding_init=normal(0.02),
+        dtype=dtype)
+    self.text_position_embedding = self.param(
+        "text_position_embedding", normal(0.01),
+        (self.text_context + self._extra_tokens, self.width))
+    self.text_final_norm = nn.LayerNorm(dtype=dtype)
+    self.text_projection = nn.Dense(self.embed_dim, use_bias=False,
+                                    dtype=dtype)
+
+    if self.modality == "feature":
+      self.image_modality_embedding = self.param(
+          "image_modality_embedding", normal(scale), (self.modality_dim,))
+      self.text_modality_embedding = self.param(
+          "text_modality_embedding", normal(scale), (self.modality_dim,))
+    elif self.modality == "token":
+      shape = (self.num_modality_tokens, self.width)
+      self.image_modality_embedding = self.param(
+          "image_modality_embedding", normal(scale), shape)
+      self.text_modality_embedding = self.param(
+          "text_modality_embedding", normal(scale), shape)
+
+    self.logit_scale = self.param(
+        "logit_scale", nn.initializers.constant(np.log(self.logit_scale_init)),
+        ())
+
+  def _blocks(self, modality: str):
+    per_modality = self.image_blocks if modality == "image" else self.text_blocks
+    for i in range(self.depth):
+      key = str(i)
+      yield self.shared_blocks[key] if key in self.shared_blocks else (
+          per_modality[key])
+
+  def _add_feature(self, x, vector):
+    """Concatenate the modality feature vector to every token of `x`."""
+    feature = jnp.broadcast_to(vector.astype(x.dtype),
+                               x.shape[:-1] + vector.shape)
+    return jnp.concatenate([x, feature], axis=-1)
+
+  def encode_image(self, images):
+    """Embed images of shape (batch, size, size, channels) into the joint space."""
+    dtype = _DTYPES[self.dtype]
+    x = self.patch_embedding(images.astype(dtype))
+    batch = x.shape[0]
+    x = x.reshape(batch, -1, x.shape[-1])
+    if self.modality == "feature":
+      x = self._add_feature(x, self.image_modality_embedding)
+
+    parts = [jnp.broadcast_to(self.class_token.astype(dtype),
+                              (batch, 1, self.width))]
+    if self.modality == "token":
+      parts.append(jnp.broadcast_to(self.image_modality_embedding.astype(dtype),
+                                    (batch,) + self.image_modality_embedding.shape))
+    x = jnp.concatenate(parts + [x], axis=1)
+    x = x + self.image_position_embedding.astype(dtype)
+    x = self.image_pre_norm(x)
+
+    for block in self._blocks("image"):
+      x = block(x)
+    pooled = self.image_final_norm(x[:, 0])
+    return self.image_projection(pooled)
+
+  def encode_text(self, tokens):
+    """Embed token ids of shape (batch, text_context) into the joint space.
+
+    The sequence is pooled at the first end-of-text token, found by its
+    position in `tokens`; every row must contain `eot_id`.
+    """
+    dtype = _DTYPES[self.dtype]
+    eot_position = jnp.argmax(tokens == self.eot_id, axis=-1)
+    x = self.token_embedding(tokens)
+    if self.modality == "feature":
+      x = self._add_feature(x, self.text_modality_embedding)
+    elif self.modality == "token":
+      batch = x.shape[0]
+      modality_tokens = jnp.broadcast_to(
+          self.text_modality_embedding.astype(dtype),
+          (batch,) + self.text_modality_embedding.shape)
+      x = jnp.concatenate([x[:, :1], modality_tokens, x[:, 1:]], axis=1)
+      eot_position = eot_position + self.num_modality_tokens
+    x = x + self.text_position_embedding.astype(dtype)
+
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
+    for block in self._blocks("text"):
+      x = block(x, mask)
+    pooled = x[jnp.arange(x.shape[0]), eot_position]
+    pooled = self.text_final_norm(pooled)
+    return self.text_projection(pooled)
+
+  def clamped_logit_scale(self):
+    """exp(logit_scale), clamped at `logit_scale_max`, in float32."""
+    return jnp.minimum(jnp.exp(self.logit_scale.astype(jnp.float32)),
+                       self.logit_scale_max)
+
+  def __call__(self, images, tokens):
+    """Return (image embeddings, text embeddings, logit scale)."""
+    return (self.encode_image(images), self.encode_text(tokens),
+            self.clamped_logit_scale())
+
+
+def build_model(model_config, vocab_size: int, eot_id: int) -> SharedEncoderCLIP:
+  """Build the model from a `config.model` group (or an equivalent dict)."""
+  get = model_config.get
+  return SharedEncoderCLIP(
+      vocab_size=vocab_size,
+      eot_id=eot_id,
+      image_size=get("image_size"),
+      patch_size=get("patch_size"),
+      image_channels=get("image_channels"),
+      width=get("width"),
+      depth=get("depth"),
+      num_heads=get("num_heads"),
+      mlp_dim=get("mlp_dim"),
+      text_context=get("text_context"),
+      embed_dim=get("embed_dim"),
+      modality=get("modality"),
+      modality_dim=get("modality_dim"),
+      num_modality_tokens=get("num_modality_tokens"),
+      shared_layers=config_lib.parse_shared_layers(get("shared_layers"),
+                                                   get("depth")),
+      dtype=get("dtype"),
+      logit_scale_init=get("logit_scale_init"),
+      logit_scale_max=get("logit_scale_max"),
+  )
+
+
+def dummy_inputs(model: SharedEncoderCLIP, batch_size: int = 1):
+  """Zero images and token rows of the model's input shapes (for init)."""
+  images = jnp.zeros((batch_size, model.image_size, model.image_size,
+                      model.image_channels), jnp.float32)
+  tokens = jnp.full((batch_size, model.text_context), model.eot_id, jnp.int32)
+  return images, tokens
+
+
+def count_parameters(params) -> dict[str, int]:
+  """Count parameters in total and by group (blocks, embeddings, other)."""
+  counts = {"total": 0, "shared_blocks": 0, "image_blocks": 0,
+            "text_blocks": 0, "other": 0}
+  for name, subtree in params.items():
+    size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(subtree))
+    counts["total"] += size
+    group = name.rsplit("_", 1)[0]
+    counts[group if group in counts else "other"] += size
+  return counts

@@ -1,0 +1,132 @@
+"""Train state, device mesh and the jit-compiled train and embedding steps.
+
+The mesh has one axis, `data`, over all devices: the batch is split along it
+and the train state is replicated. The state is created already placed on the
+mesh (`jax.jit` with `out_shardings`), so parameters never pass through the
+host. Imports only JAX, Flax and optax.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from shared_encoder_jax import loss as loss_lib
+from shared_encoder_jax import model as model_lib
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint needs to continue training exactly.
+
+  `nonfinite_step` is -1 until a step produces a non-finite loss or gradient;
+  then it holds that step's number and every later update is skipped, so the
+  parameters stay those of the last finite step.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_step: jax.Array
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh whose `data` axis spans `devices` (default: all devices)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding that splits the leading (batch) dimension over `data`."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _init_state(rng, model, tx):
+  init_rng, state_rng = jax.random.split(rng)
+  params = model.init(init_rng, *model_lib.dummy_inputs(model))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), rng=state_rng,
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def abstract_state(model, tx, seed: int = 0):
+  """Shapes and dtypes of the train state, from `jax.eval_shape` (no FLOPs)."""
+  return jax.eval_shape(functools.partial(_init_state, model=model, tx=tx),
+                        jax.random.PRNGKey(seed))
+
+
+def state_shardings(mesh: Mesh, state_shapes):
+  """Replicate every leaf of the state over the mesh."""
+  return jax.tree.map(lambda _: replicated(mesh), state_shapes)
+
+
+def create_train_state(model, tx, mesh: Mesh, seed: int) -> TrainState:
+  """Initialise the train state directly on the mesh with its shardings."""
+  shardings = state_shardings(mesh, abstract_state(model, tx, seed))
+  init = jax.jit(functools.partial(_init_state, model=model, tx=tx),
+                 out_shardings=shardings)
+  return init(jax.random.PRNGKey(seed))
+
+
+def _train_step(state: TrainState, batch, *, model, tx, schedule):
+  def loss_fn(params):
+    image_emb, text_emb, logit_scale = model.apply(
+        {"params": params}, batch["image"], batch["text"])
+    return loss_lib.clip_loss(image_emb, text_emb, logit_scale), logit_scale
+
+  (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+
+  step = state.step + 1
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  apply = finite & (state.nonfinite_step < 0)
+  keep_if_not_applied = lambda new, old: jnp.where(apply, new, old)
+  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, step,
+                             state.nonfinite_step)
+  new_state = state.replace(
+      step=step,
+      params=jax.tree.map(keep_if_not_applied, new_params, state.params),
+      opt_state=jax.tree.map(keep_if_not_applied, new_opt_state,
+                             state.opt_state),
+      nonfinite_step=nonfinite_step)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "logit_scale": logit_scale,
+             "learning_rate": schedule(state.step)}
+  return new_state, metrics
+
+
+def make_train_step(model, tx, schedule, mesh: Mesh, shardings):
+  """Compile-once train step: (state, batch) -> (state, metrics).
+
+  The input state is donated, so its buffers are reused for the new state.
+  """
+  batch_spec = {"image": batch_sharding(mesh), "text": batch_sharding(mesh)}
+  return jax.jit(
+      functools.partial(_train_step, model=model, tx=tx, schedule=schedule),
+      in_shardings=(shardings, batch_spec),
+      out_shardings=(shardings, replicated(mesh)),
+      donate_argnums=0)
+
+
+def make_embed_step(model, mesh: Mesh):
+  """Compiled (params, batch) -> (image embeddings, text embeddings, scale)."""
+  def embed(params, batch):
+    return model.apply({"params": params}, batch["image"], batch["text"])
+
+  return jax.jit(embed, out_shardings=(batch_sharding(mesh),
+                                       batch_sharding(mesh), replicated(mesh)))
