@@ -38,6 +38,11 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.AnyPreservationPolicy(
             policies),
+        # The preservation policy decides what is deleted; best_fn is set
+        # because Orbax (0.12) writes metrics to disk only when it is, and
+        # BestN needs them again after a restart.
+        best_fn=lambda metrics: metrics[VALIDATION_LOSS],
+        best_mode="min",
         enable_async_checkpointing=False,
         cleanup_tmp_directories=True,
         create=True)
@@ -52,6 +57,7 @@ class Checkpoints:
     return list(self.manager.all_steps())
 
   def best_step(self) -> int | None:
+    """The kept step with the lowest validation loss."""
     return self.manager.best_step()
 
   def save(self, state, trainer_state: dict,

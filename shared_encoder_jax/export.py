@@ -76,7 +76,8 @@ def export_bundle(workdir: str, output: str, step: int | None = None,
   staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
   try:
     flat = traverse_util.flatten_dict(jax.device_get(params), sep=".")
-    flat = {key: np.ascontiguousarray(value) for key, value in flat.items()}
+    # np.ascontiguousarray would turn the 0-d logit scale into shape (1,).
+    flat = {key: np.array(value, order="C") for key, value in flat.items()}
     safetensors_numpy.save_file(
         flat, os.path.join(staging, bundle_lib.WEIGHTS_FILE),
         metadata={"format": bundle_lib.BUNDLE_FORMAT, "step": str(step)})

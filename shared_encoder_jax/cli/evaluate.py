@@ -27,10 +27,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from shared_encoder_jax import train as train_lib
   from shared_encoder_jax import train_step as train_step_lib
-  from shared_encoder_jax.cli import errors
+  from shared_encoder_jax.cli import console
   from shared_encoder_jax.data import input_pipeline
 
-  with errors.exit_on_user_error():
+  console.quiet_library_logs()
+  with console.exit_on_user_error():
     config, tokenizer, model, params, step = train_lib.load_trained(
         _WORKDIR.value, _STEP.value)
     builder = input_pipeline.load_builder(config.data)

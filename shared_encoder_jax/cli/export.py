@@ -24,9 +24,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from shared_encoder_jax import export as export_lib
-  from shared_encoder_jax.cli import errors
+  from shared_encoder_jax.cli import console
 
-  with errors.exit_on_user_error():
+  console.quiet_library_logs()
+  with console.exit_on_user_error():
     path = export_lib.export_bundle(_WORKDIR.value, _OUTPUT.value,
                                     _STEP.value, _OVERWRITE.value)
   print(f"Exported bundle: {path}")

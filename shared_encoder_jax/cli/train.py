@@ -29,9 +29,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and free of TensorFlow.
   from shared_encoder_jax import train as train_lib
-  from shared_encoder_jax.cli import errors
+  from shared_encoder_jax.cli import console
 
-  with errors.exit_on_user_error():
+  console.quiet_library_logs()
+  with console.exit_on_user_error():
     metrics = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(evaluation.format_metrics(f"test (step {metrics['step']})", metrics))
   logging.info("Done. Outputs are in %s.", _WORKDIR.value)

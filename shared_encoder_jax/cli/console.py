@@ -1,6 +1,8 @@
-"""Turn expected user errors into one clear line and exit status 1."""
+"""What the commands print: one line per user error, quieter library logs."""
 
 import contextlib
+import logging as python_logging
+import os
 import sys
 
 from absl import logging
@@ -15,6 +17,23 @@ USER_ERRORS = (config.ConfigError, checkpointing.NonFiniteError,
                bundle.BundleError, tokenizer.TokenizerError,
                input_pipeline.DatasetError, FileNotFoundError,
                FileExistsError)
+
+# Libraries whose INFO lines describe their internals (Orbax logs about 30
+# per checkpoint); their warnings and errors still show.
+_QUIET_LIBRARIES = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+
+class _LibraryInfoFilter(python_logging.Filter):
+
+  def filter(self, record):
+    if record.levelno >= python_logging.WARNING:
+      return True
+    return not any(part in record.pathname for part in _QUIET_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Drop INFO lines of Orbax and TFDS from the console log."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 @contextlib.contextmanager

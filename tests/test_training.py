@@ -1,0 +1,224 @@
+"""End-to-end: train on the small synthetic dataset, resume, stop, export."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from shared_encoder_jax import bundle as bundle_lib
+from shared_encoder_jax import checkpointing
+from shared_encoder_jax import export as export_lib
+from shared_encoder_jax import loss as loss_lib
+from shared_encoder_jax import metric_logging
+from shared_encoder_jax import preprocessing
+from shared_encoder_jax import train as train_lib
+from shared_encoder_jax.data import input_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Interrupted(Exception):
+  pass
+
+
+def config_for(data_dir):
+  config = tiny_config()
+  config.data.data_dir = data_dir
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(synthetic_data_dir, tmp_path_factory):
+  """A workdir trained for 12 steps without interruption."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  metrics = train_lib.train_and_evaluate(config_for(synthetic_data_dir),
+                                         workdir)
+  return workdir, metrics
+
+
+def test_run_writes_every_output(trained_workdir):
+  workdir, metrics = trained_workdir
+  for name in ("config.json", "provenance.json", "tokenizer.model",
+               "metrics.jsonl", "evaluation/test_step_12.json",
+               "evaluation/validation_step_6.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert metrics["num_pairs"] == 1000
+  assert metrics["chance"]["recall@10"] == 0.01
+  assert 0 <= metrics["image_to_text"]["recall@10"] <= 1
+  with open(os.path.join(workdir, "provenance.json")) as f:
+    launch = json.load(f)[0]
+  assert launch["config"]["model"]["width"] == 32
+  assert len(launch["data"]["sha256"]) == 64
+  assert "jax" in launch["packages"]
+  assert sorted(metric_logging.read_metrics(workdir)) == list(range(1, 13))
+
+
+def test_interrupted_run_resumes_bitwise(trained_workdir, synthetic_data_dir,
+                                         tmp_path, monkeypatch):
+  reference = metric_logging.read_metrics(trained_workdir[0])
+  workdir = str(tmp_path)
+  config = config_for(synthetic_data_dir)
+
+  log_train_line = metric_logging.log_train_line
+
+  def interrupt_at_step_8(step, *args):
+    log_train_line(step, *args)
+    if step == 8:
+      raise Interrupted()
+
+  monkeypatch.setattr(metric_logging, "log_train_line", interrupt_at_step_8)
+  with pytest.raises(Interrupted):
+    train_lib.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                          10, 1)
+  assert checkpoints.latest_step() == 6
+  checkpoints.close()
+
+  train_lib.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "provenance.json")) as f:
+    assert [launch["start_step"] for launch in json.load(f)] == [0, 6]
+  resumed = metric_logging.read_metrics(workdir)
+  for step in range(1, 13):
+    assert resumed[step]["loss"] == reference[step]["loss"], step
+    assert resumed[step]["grad_norm"] == reference[step]["grad_norm"], step
+
+
+def test_resume_with_other_model_is_rejected(trained_workdir,
+                                             synthetic_data_dir):
+  config = config_for(synthetic_data_dir)
+  config.model.modality = "token"
+  with pytest.raises(train_lib.config_lib.ConfigError, match="'model'"):
+    train_lib.train_and_evaluate(config, trained_workdir[0])
+
+
+def test_nonfinite_loss_stops_without_checkpoint(synthetic_data_dir, tmp_path,
+                                                 monkeypatch):
+  training_batches = input_pipeline.training_batches
+
+  def poison_eighth_batch(*args):
+    for number, batch in enumerate(training_batches(*args), start=1):
+      if number == 8:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "training_batches", poison_eighth_batch)
+  config = config_for(synthetic_data_dir)
+  with pytest.raises(checkpointing.NonFiniteError, match="Step 8 produced"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  checkpoints = checkpointing.Checkpoints(str(tmp_path / "checkpoints"), 10, 1)
+  assert checkpoints.all_steps() == [3, 6]
+  checkpoints.close()
+
+
+def _expected_embeddings(workdir, data_dir, image_dir):
+  """Write 5 test images as PNG; embed them and their captions in-process."""
+  from PIL import Image
+
+  config, tokenizer, model, params, _ = train_lib.load_trained(workdir)
+  builder = input_pipeline.load_builder(config.data)
+  source = input_pipeline.data_source(builder, "test")
+  paths, captions, images = [], [], []
+  for i in range(5):
+    example = source[i]
+    path = os.path.join(image_dir, f"scan_{i}.png")
+    Image.fromarray(example["image"][:, :, 0]).save(path)
+    paths.append(path)
+    captions.append(example["caption"].decode())
+    images.append(preprocessing.preprocess_image(
+        example["image"], config.model.image_size, config.data.image_mean,
+        config.data.image_std))
+  image_emb, text_emb, _ = model.apply(
+      {"params": params}, np.stack(images), tokenizer.tokenize(captions))
+  return (paths, captions, np.asarray(loss_lib.l2_normalize(image_emb)),
+          np.asarray(loss_lib.l2_normalize(text_emb)))
+
+
+LOADER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from shared_encoder_jax.bundle import Bundle
+
+    bundle_dir, request, output = sys.argv[1:4]
+    with open(request) as f:
+      request = json.load(f)
+    bundle = Bundle.load(bundle_dir)
+    np.savez(output, images=bundle.embed_images(request["paths"]),
+             texts=bundle.embed_texts(request["captions"]))
+    forbidden = [name for name in sys.modules
+                 if name.split(".")[0] in ("tensorflow", "tensorflow_datasets",
+                                           "grain", "orbax", "optax")
+                 or name in ("shared_encoder_jax.train",
+                             "shared_encoder_jax.train_step",
+                             "shared_encoder_jax.data.input_pipeline")]
+    print(json.dumps(sorted(forbidden)))
+""")
+
+
+def test_bundle_embeds_like_model_in_fresh_process(trained_workdir,
+                                                   synthetic_data_dir,
+                                                   tmp_path):
+  workdir = trained_workdir[0]
+  bundle_dir = export_lib.export_bundle(workdir, str(tmp_path / "bundle"))
+  assert sorted(os.listdir(bundle_dir)) == [
+      "SHA256SUMS", "config.json", "model.safetensors", "tokenizer.model"]
+  paths, captions, image_want, text_want = _expected_embeddings(
+      workdir, synthetic_data_dir, str(tmp_path))
+  request = tmp_path / "request.json"
+  request.write_text(json.dumps({"paths": paths, "captions": captions}))
+  output = tmp_path / "embeddings.npz"
+
+  result = subprocess.run(
+      [sys.executable, "-c", LOADER_SCRIPT, bundle_dir, str(request),
+       str(output)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+  got = np.load(output)
+  np.testing.assert_allclose(got["images"], image_want, atol=1e-5)
+  np.testing.assert_allclose(got["texts"], text_want, atol=1e-5)
+
+
+def test_export_refuses_to_overwrite_and_detects_corruption(trained_workdir,
+                                                            tmp_path):
+  workdir = trained_workdir[0]
+  bundle_dir = export_lib.export_bundle(workdir, str(tmp_path / "bundle"),
+                                        step=6)
+  with open(os.path.join(bundle_dir, "config.json")) as f:
+    assert json.load(f)["source"]["step"] == 6
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export_lib.export_bundle(workdir, bundle_dir)
+  with open(os.path.join(bundle_dir, "model.safetensors"), "r+b") as f:
+    f.seek(-4, os.SEEK_END)
+    f.write(b"\x00\x01\x02\x03")
+  with pytest.raises(bundle_lib.BundleError, match="model.safetensors"):
+    bundle_lib.Bundle.load(bundle_dir)
+  export_lib.export_bundle(workdir, bundle_dir, overwrite=True)
+  bundle_lib.Bundle.load(bundle_dir)
+  with pytest.raises(FileNotFoundError, match="available steps"):
+    export_lib.export_bundle(workdir, str(tmp_path / "other"), step=5)
+
+
+def test_evaluate_command_writes_metrics(trained_workdir):
+  workdir = trained_workdir[0]
+  result = subprocess.run(
+      [sys.executable, "-m", "shared_encoder_jax.cli.evaluate",
+       f"--workdir={workdir}", "--step=6", "--splits=validation"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  assert result.returncode == 0, result.stderr
+  assert "validation (step 6): 1000 pairs" in result.stdout
+  with open(os.path.join(workdir, "evaluation",
+                         "validation_step_6.json")) as f:
+    written = json.load(f)
+  with open(os.path.join(workdir, "evaluation", "test_step_12.json")) as f:
+    assert json.load(f)["step"] == 12
+  assert written["split"] == "validation" and written["num_pairs"] == 1000
