@@ -10,5 +10,5 @@ from shared_encoder_jax import config as config_lib
 def get_config(arg: str = ""):
   config = config_lib.pmc_oa_experiment(arg)
   config.model.shared_layers = "none"
-  config.model.modality = "none"  # each tower sees one modality only
+  config.model.modality = "none"  # each tower encodes one modality only
   return config

@@ -1,6 +1,6 @@
 """Orbax checkpoints of the train state and the trainer's own counters.
 
-A checkpoint holds two items: `state` (step, parameters, optimizer state, RNG,
+A checkpoint contains two items: `state` (step, parameters, optimizer state, RNG,
 non-finite marker) and `trainer` (JSON: data position, early-stopping
 counters). The manager keeps the latest `keep_last` checkpoints and, among
 those saved with a validation loss, the best `keep_best`; a checkpoint
@@ -38,8 +38,8 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.AnyPreservationPolicy(
             policies),
-        # The preservation policy decides what is deleted; best_fn is set
-        # because Orbax (0.12) writes metrics to disk only when it is, and
+        # The preservation policy decides what is deleted. best_fn is set too
+        # because Orbax 0.12 writes metrics to disk only when it is set, and
         # BestN needs them again after a restart.
         best_fn=lambda metrics: metrics[VALIDATION_LOSS],
         best_mode="min",
@@ -57,7 +57,7 @@ class Checkpoints:
     return list(self.manager.all_steps())
 
   def best_step(self) -> int | None:
-    """The kept step with the lowest validation loss."""
+    """Return the kept step with the lowest validation loss."""
     return self.manager.best_step()
 
   def save(self, state, trainer_state: dict,

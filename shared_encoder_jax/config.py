@@ -1,8 +1,8 @@
 """Base configuration, named model sizes and config validation.
 
 Every experiment config in `configs/` starts from `base_config()` and changes
-fields; `validate()` then checks the resolved config before anything is built
-or compiled, so a mistake fails with one message that names the field.
+fields. `validate()` checks the resolved config before anything is built or
+compiled, so a mistake fails with one message that names the field.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 # Transformer sizes by name. "paper" is ViT-B/16 with a 77-token text context
-# and a 512-dimensional joint space; the small variants are sized to train on
-# a laptop CPU within minutes.
+# and a 512-dimensional joint space. The small variants train on a laptop CPU
+# within minutes.
 MODEL_SIZES = {
     "paper": dict(image_size=224, patch_size=16, width=768, depth=12,
                   num_heads=12, mlp_dim=3072, text_context=77, embed_dim=512),

@@ -1,9 +1,9 @@
 """Zero-shot cross-modal retrieval evaluation.
 
-Row i of the image and text embeddings is a matching pair. For each query the
-rank of its match among all candidates of the other modality is 1 + the number
-of candidates that score strictly higher, plus those that tie with it and come
-before it in split order, so ties are broken deterministically by index.
+Row i of the image and text embeddings is a matching pair. A query's rank is
+1 + the number of candidates of the other modality that score strictly higher
+than its match, plus those that tie with the match and come before it in split
+order. Ties are thus broken deterministically by index.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def embed_batches(embed_step, params, batches, sharding, to_device):
 
 
 def format_metrics(split: str, metrics: dict) -> str:
-  """One console line per direction: recall@K (chance) for each K."""
+  """Format recall@K with its chance rate, one console line per direction."""
   lines = [f"{split}: {metrics['num_pairs']} pairs"]
   for direction in ("image_to_text", "text_to_image"):
     parts = []

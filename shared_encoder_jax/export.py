@@ -15,19 +15,14 @@ from safetensors import numpy as safetensors_numpy
 
 from shared_encoder_jax import bundle as bundle_lib
 from shared_encoder_jax import config as config_lib
+from shared_encoder_jax import model as model_lib
 from shared_encoder_jax import provenance
 from shared_encoder_jax import train as train_lib
 
-_MODEL_FIELDS = ("image_size", "patch_size", "image_channels", "width",
-                 "depth", "num_heads", "mlp_dim", "text_context", "embed_dim",
-                 "modality", "modality_dim", "num_modality_tokens",
-                 "shared_layers", "dtype", "logit_scale_init",
-                 "logit_scale_max")
-
 
 def bundle_config(config, tokenizer, step: int, workdir: str) -> dict:
-  """The bundle's config.json: model, preprocessing, tokenizer, source."""
-  model = {name: config.model[name] for name in _MODEL_FIELDS}
+  """Return the bundle's config.json: model, preprocessing, tokenizer, source."""
+  model = {name: config.model[name] for name in model_lib.CONFIG_FIELDS}
   model["shared_layer_indices"] = list(config_lib.parse_shared_layers(
       config.model.shared_layers, config.model.depth))
   model["vocab_size"] = tokenizer.vocab_size

@@ -6,7 +6,7 @@ modalities, or modality-specific, two subtrees `image_blocks_i` and
 `text_blocks_i`. Sharing every layer gives the shared encoder; sharing none
 gives the two-tower (separate encoders) baseline.
 
-The two modalities are told apart by `modality`:
+The `modality` field sets how the encoder distinguishes the two modalities:
   * "feature": a learnable `modality_dim` vector concatenated to every token;
     the patch and token embeddings are `width - modality_dim` wide.
   * "token": `num_modality_tokens` learnable tokens in the sequence, after the
@@ -228,30 +228,21 @@ class SharedEncoderCLIP(nn.Module):
             self.clamped_logit_scale())
 
 
+# The `config.model` fields that set the architecture; `shared_layers` is the
+# string form ("all", "none", "0-5", ...).
+CONFIG_FIELDS = ("image_size", "patch_size", "image_channels", "width",
+                 "depth", "num_heads", "mlp_dim", "text_context", "embed_dim",
+                 "modality", "modality_dim", "num_modality_tokens",
+                 "shared_layers", "dtype", "logit_scale_init",
+                 "logit_scale_max")
+
+
 def build_model(model_config, vocab_size: int, eot_id: int) -> SharedEncoderCLIP:
   """Build the model from a `config.model` group (or an equivalent dict)."""
-  get = model_config.get
-  return SharedEncoderCLIP(
-      vocab_size=vocab_size,
-      eot_id=eot_id,
-      image_size=get("image_size"),
-      patch_size=get("patch_size"),
-      image_channels=get("image_channels"),
-      width=get("width"),
-      depth=get("depth"),
-      num_heads=get("num_heads"),
-      mlp_dim=get("mlp_dim"),
-      text_context=get("text_context"),
-      embed_dim=get("embed_dim"),
-      modality=get("modality"),
-      modality_dim=get("modality_dim"),
-      num_modality_tokens=get("num_modality_tokens"),
-      shared_layers=config_lib.parse_shared_layers(get("shared_layers"),
-                                                   get("depth")),
-      dtype=get("dtype"),
-      logit_scale_init=get("logit_scale_init"),
-      logit_scale_max=get("logit_scale_max"),
-  )
+  fields = {name: model_config[name] for name in CONFIG_FIELDS}
+  fields["shared_layers"] = config_lib.parse_shared_layers(
+      fields["shared_layers"], fields["depth"])
+  return SharedEncoderCLIP(vocab_size=vocab_size, eot_id=eot_id, **fields)
 
 
 def dummy_inputs(model: SharedEncoderCLIP, batch_size: int = 1):

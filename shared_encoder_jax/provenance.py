@@ -1,4 +1,4 @@
-"""What a run was made of: config, code version, package versions, data."""
+"""Provenance records: config, code version, package versions, data."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def record_launch(workdir: str, config_dict: dict, data_fingerprint: dict,
                   start_step: int) -> str:
   """Append this launch to `workdir/provenance.json`; return the file's path.
 
-  The file holds a list with one entry per launch, so a resumed run adds to
+  The file contains a list with one entry per launch, so a resumed run adds to
   it instead of replacing what an earlier launch recorded.
   """
   path = os.path.join(workdir, "provenance.json")

@@ -45,7 +45,7 @@ RESUME_INVARIANT_FIELDS = ("model", "tokenizer", "data.name", "seed",
 
 def load_or_train_tokenizer(config, builder, workdir: str
                             ) -> tokenizer_lib.Tokenizer:
-  """The workdir's tokenizer; else the configured file; else a new one."""
+  """Load the workdir's tokenizer, else the configured file, else train one."""
   context = config.model.text_context
   path = os.path.join(workdir, TOKENIZER_FILE)
   if os.path.exists(path):

@@ -29,7 +29,7 @@ class TrainState:
   """Everything a checkpoint needs to continue training exactly.
 
   `nonfinite_step` is -1 until a step produces a non-finite loss or gradient;
-  then it holds that step's number and every later update is skipped, so the
+  then it contains that step's number and every later update is skipped, so the
   parameters stay those of the last finite step.
   """
   step: jax.Array
@@ -40,7 +40,7 @@ class TrainState:
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh whose `data` axis spans `devices` (default: all devices)."""
+  """Build a 1-D mesh whose `data` axis spans `devices` (default: all)."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.array(devices), (DATA_AXIS,))
 

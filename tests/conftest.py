@@ -1,4 +1,4 @@
-"""Shared fixtures. Every test process sees 8 simulated CPU devices."""
+"""Shared fixtures. Every test process has 8 simulated CPU devices."""
 
 import os
 

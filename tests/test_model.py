@@ -162,7 +162,7 @@ def test_logit_scale_initialised_and_clamped():
   assert float(scale) == 100.0
 
 
-def test_paper_shared_model_is_about_six_tenths_of_separate():
+def test_paper_size_parameter_ratio():
   counts = {}
   for shared in ("all", "none"):
     model = build("feature" if shared == "all" else "none", shared, "paper")

@@ -1,4 +1,4 @@
-"""What the commands print: one line per user error, quieter library logs."""
+"""Console output of the commands: one line per user error, fewer library logs."""
 
 import contextlib
 import logging as python_logging
