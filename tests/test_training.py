@@ -23,10 +23,6 @@ from shared_encoder_jax.data import input_pipeline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class Interrupted(Exception):
-  pass
-
-
 def config_for(data_dir):
   config = tiny_config()
   config.data.data_dir = data_dir
@@ -60,29 +56,45 @@ def test_run_writes_every_output(trained_workdir):
   assert sorted(metric_logging.read_metrics(workdir)) == list(range(1, 13))
 
 
-def test_interrupted_run_resumes_bitwise(trained_workdir, synthetic_data_dir,
-                                         tmp_path, monkeypatch):
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, "tests")
+    import conftest
+    from shared_encoder_jax import metric_logging
+    from shared_encoder_jax import train
+
+    data_dir, workdir = sys.argv[1:3]
+    log_train_line = metric_logging.log_train_line
+
+    def kill_after_step_8(step, *args):
+      log_train_line(step, *args)
+      if step == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    metric_logging.log_train_line = kill_after_step_8
+    config = conftest.tiny_config()
+    config.data.data_dir = data_dir
+    train.train_and_evaluate(config, workdir)
+""")
+
+
+def test_killed_run_resumes_bitwise(trained_workdir, synthetic_data_dir,
+                                    tmp_path):
   reference = metric_logging.read_metrics(trained_workdir[0])
   workdir = str(tmp_path)
-  config = config_for(synthetic_data_dir)
 
-  log_train_line = metric_logging.log_train_line
-
-  def interrupt_at_step_8(step, *args):
-    log_train_line(step, *args)
-    if step == 8:
-      raise Interrupted()
-
-  monkeypatch.setattr(metric_logging, "log_train_line", interrupt_at_step_8)
-  with pytest.raises(Interrupted):
-    train_lib.train_and_evaluate(config, workdir)
-  monkeypatch.undo()
+  # Same 8-device XLA_FLAGS as this process (set in conftest).
+  killed = subprocess.run(
+      [sys.executable, "-c", KILL_SCRIPT, synthetic_data_dir, workdir],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert killed.returncode == -9, killed.stderr
+  assert max(metric_logging.read_metrics(workdir)) == 8
   checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
                                           10, 1)
   assert checkpoints.latest_step() == 6
   checkpoints.close()
 
-  train_lib.train_and_evaluate(config, workdir)
+  train_lib.train_and_evaluate(config_for(synthetic_data_dir), workdir)
   with open(os.path.join(workdir, "provenance.json")) as f:
     assert [launch["start_step"] for launch in json.load(f)] == [0, 6]
   resumed = metric_logging.read_metrics(workdir)
