@@ -80,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0  # 0 turns clipping off
 
+  # Device mesh axis sizes; -1 takes the devices the others leave. The batch
+  # is split over data x fsdp; fsdp also splits parameters and optimizer
+  # state, tensor splits attention heads and MLP width.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+
   config.batch_size = 128  # global, over all devices
   config.num_epochs = 10.0
   config.total_steps = -1  # -1: derive from num_epochs and the split size
@@ -160,8 +168,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
   Args:
     config: the config to check.
-    num_devices: devices on the mesh's data axis; the global batch must split
-      evenly over them.
+    num_devices: devices the batch is split over (the mesh's data x fsdp);
+      the global batch must split evenly over them.
   """
   _check_unknown_fields(config, base_config())
   model = config.model

@@ -41,8 +41,29 @@ class MlpBlock(nn.Module):
   def __call__(self, x):
     width = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
     x = nn.gelu(x)
     return nn.Dense(width, dtype=self.dtype, name="fc2")(x)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention; causal when `causal` is set."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, causal: bool = False):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    project = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype, name=name)(x)
+    query, key, value = project("query"), project("key"), project("value")
+    heads = ("batch", "length", "heads", "head_dim")
+    query, key, value = (nn.with_logical_constraint(t, heads)
+                         for t in (query, key, value))
+    y = jax.nn.dot_product_attention(query, key, value, is_causal=causal)
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
+                           name="out")(y)
 
 
 class EncoderBlock(nn.Module):
@@ -52,14 +73,13 @@ class EncoderBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, causal: bool = False):
     y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, name="attention")(
-            y, y, mask=mask)
-    x = x + y
+    x = x + SelfAttention(self.num_heads, dtype=self.dtype,
+                          name="attention")(y, causal)
     y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
-    return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    return nn.with_logical_constraint(x, ("batch", "length", "activation"))
 
 
 class SharedEncoderCLIP(nn.Module):
@@ -210,9 +230,8 @@ class SharedEncoderCLIP(nn.Module):
       eot_position = eot_position + self.num_modality_tokens
     x = x + self.text_position_embedding.astype(dtype)
 
-    mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
     for block in self._blocks("text"):
-      x = block(x, mask)
+      x = block(x, causal=True)
     pooled = x[jnp.arange(x.shape[0]), eot_position]
     pooled = self.text_final_norm(pooled)
     return self.text_projection(pooled)

@@ -32,6 +32,7 @@ from shared_encoder_jax import model as model_lib
 from shared_encoder_jax import optimizer as optimizer_lib
 from shared_encoder_jax import provenance
 from shared_encoder_jax import tokenizer as tokenizer_lib
+from shared_encoder_jax import sharding as sharding_lib
 from shared_encoder_jax import train_step as train_step_lib
 from shared_encoder_jax.data import input_pipeline
 
@@ -125,7 +126,7 @@ class Evaluator:
         self.config.data.num_threads)
     image_emb, text_emb, logit_scale = evaluation.embed_batches(
         self.embed_step, params, batches,
-        train_step_lib.batch_sharding(self.mesh), input_pipeline.to_device)
+        sharding_lib.batch_sharding(self.mesh), input_pipeline.to_device)
     metrics = evaluation.retrieval_metrics(image_emb, text_emb,
                                            self.config.recall_ks)
     metrics["loss"] = evaluation.validation_loss(image_emb, text_emb,
@@ -157,13 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns the test metrics (see `evaluation.retrieval_metrics`).
   """
-  config_lib.validate(config, num_devices=jax.device_count())
+  mesh = sharding_lib.make_mesh(config.mesh)
+  config_lib.validate(config, num_devices=sharding_lib.batch_devices(mesh))
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   check_resume_compatible(workdir, config)
   log_config(config)
-
-  mesh = train_step_lib.make_mesh()
   logging.info("Mesh: %s over %d %s device(s).", dict(mesh.shape),
                mesh.size, jax.devices()[0].platform)
 
@@ -224,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       config.batch_size,
                                       config.data.shuffle_seed),
       trainer_state["data_position"], config.data.num_threads)
-  data_sharding = train_step_lib.batch_sharding(mesh)
+  data_sharding = sharding_lib.batch_sharding(mesh)
 
   writer = metric_logging.MetricWriter(workdir)
   throughput = metric_logging.Throughput(config.batch_size, total_steps, step)
@@ -329,7 +329,7 @@ def load_trained(workdir: str, step: int | None = None):
           f"available steps: {sorted(available)}.")
     total_steps = max(config.total_steps, 1)
     tx, _ = optimizer_lib.make_optimizer(config.optimizer, total_steps)
-    mesh = train_step_lib.make_mesh()
+    mesh = sharding_lib.make_mesh(config.get("mesh"))
     shapes = train_step_lib.abstract_state(model, tx, config.seed)
     shardings = train_step_lib.state_shardings(mesh, shapes)
     state, _ = checkpoints.restore(

@@ -1,7 +1,7 @@
-"""Train state, device mesh and the jit-compiled train and embedding steps.
+"""Train state and the jit-compiled train and embedding steps.
 
-The mesh has one axis, `data`, over all devices: the batch is split along it
-and the train state is replicated. The state is created already placed on the
+The batch is split over the mesh's data × fsdp devices and the state is
+sharded as `sharding.py` decides. The state is created already placed on the
 mesh (`jax.jit` with `out_shardings`), so parameters never pass through the
 host. Imports only JAX, Flax and optax.
 """
@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import flax.linen as nn
+from jax.sharding import Mesh
 
 from shared_encoder_jax import loss as loss_lib
 from shared_encoder_jax import model as model_lib
-
-DATA_AXIS = "data"
+from shared_encoder_jax import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -39,21 +39,6 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
-def make_mesh(devices=None) -> Mesh:
-  """Build a 1-D mesh whose `data` axis spans `devices` (default: all)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.array(devices), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding that splits the leading (batch) dimension over `data`."""
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
 def _init_state(rng, model, tx):
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, *model_lib.dummy_inputs(model))["params"]
@@ -69,8 +54,17 @@ def abstract_state(model, tx, seed: int = 0):
 
 
 def state_shardings(mesh: Mesh, state_shapes):
-  """Replicate every leaf of the state over the mesh."""
-  return jax.tree.map(lambda _: replicated(mesh), state_shapes)
+  """Shardings of every leaf of the train state (see `sharding.py`)."""
+  return sharding_lib.tree_shardings(state_shapes, mesh)
+
+
+def apply_on_mesh(model, mesh: Mesh, params, images, tokens):
+  """Run the model with its activation sharding constraints on `mesh`."""
+  # set_mesh is not allowed inside jit; the abstract mesh is enough for
+  # sharding constraints written with PartitionSpecs.
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), (
+      nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES)):
+    return model.apply({"params": params}, images, tokens)
 
 
 def create_train_state(model, tx, mesh: Mesh, seed: int) -> TrainState:
@@ -81,10 +75,10 @@ def create_train_state(model, tx, mesh: Mesh, seed: int) -> TrainState:
   return init(jax.random.PRNGKey(seed))
 
 
-def _train_step(state: TrainState, batch, *, model, tx, schedule):
+def _train_step(state: TrainState, batch, *, model, tx, schedule, mesh):
   def loss_fn(params):
-    image_emb, text_emb, logit_scale = model.apply(
-        {"params": params}, batch["image"], batch["text"])
+    image_emb, text_emb, logit_scale = apply_on_mesh(
+        model, mesh, params, batch["image"], batch["text"])
     return loss_lib.clip_loss(image_emb, text_emb, logit_scale), logit_scale
 
   (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -115,18 +109,19 @@ def make_train_step(model, tx, schedule, mesh: Mesh, shardings):
 
   The input state is donated, so its buffers are reused for the new state.
   """
-  batch_spec = {"image": batch_sharding(mesh), "text": batch_sharding(mesh)}
+  batch_spec = {"image": sharding_lib.batch_sharding(mesh), "text": sharding_lib.batch_sharding(mesh)}
   return jax.jit(
-      functools.partial(_train_step, model=model, tx=tx, schedule=schedule),
+      functools.partial(_train_step, model=model, tx=tx, schedule=schedule,
+                        mesh=mesh),
       in_shardings=(shardings, batch_spec),
-      out_shardings=(shardings, replicated(mesh)),
+      out_shardings=(shardings, sharding_lib.replicated(mesh)),
       donate_argnums=0)
 
 
 def make_embed_step(model, mesh: Mesh):
   """Compiled (params, batch) -> (image embeddings, text embeddings, scale)."""
   def embed(params, batch):
-    return model.apply({"params": params}, batch["image"], batch["text"])
+    return apply_on_mesh(model, mesh, params, batch["image"], batch["text"])
 
-  return jax.jit(embed, out_shardings=(batch_sharding(mesh),
-                                       batch_sharding(mesh), replicated(mesh)))
+  return jax.jit(embed, out_shardings=(sharding_lib.batch_sharding(mesh),
+                                       sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)))

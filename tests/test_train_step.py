@@ -9,6 +9,7 @@ from shared_encoder_jax import config as config_lib
 from shared_encoder_jax import loss as loss_lib
 from shared_encoder_jax import model as model_lib
 from shared_encoder_jax import optimizer as optimizer_lib
+from shared_encoder_jax import sharding as sharding_lib
 from shared_encoder_jax import train_step as train_step_lib
 
 VOCAB, EOT, BATCH = 50, 3, 16
@@ -75,7 +76,7 @@ def make_batch(model, seed=0, batch=BATCH):
 
 
 def compiled_step(model, tx, schedule, devices):
-  mesh = train_step_lib.make_mesh(devices)
+  mesh = sharding_lib.make_mesh(devices=devices)
   state = train_step_lib.create_train_state(model, tx, mesh, seed=0)
   shardings = train_step_lib.state_shardings(mesh, state)
   step = train_step_lib.make_train_step(model, tx, schedule, mesh, shardings)
@@ -198,7 +199,7 @@ def test_eight_devices_split_batch_and_match_one_device():
   batch = make_batch(model)
 
   mesh8, state8, step8 = compiled_step(model, tx, schedule, jax.devices())
-  sharded = {key: jax.device_put(value, train_step_lib.batch_sharding(mesh8))
+  sharded = {key: jax.device_put(value, sharding_lib.batch_sharding(mesh8))
              for key, value in batch.items()}
   shard_shapes = {shard.data.shape for shard in sharded["image"].addressable_shards}
   assert shard_shapes == {(BATCH // 8,) + batch["image"].shape[1:]}
@@ -225,9 +226,9 @@ def test_eight_device_gradients_match_one_device():
     return loss_lib.clip_loss(image, text, scale)
 
   grads1 = jax.jit(jax.grad(loss_fn))(params, batch)
-  mesh = train_step_lib.make_mesh()
-  sharded = jax.device_put(batch, train_step_lib.batch_sharding(mesh))
-  replicated = jax.device_put(params, train_step_lib.replicated(mesh))
+  mesh = sharding_lib.make_mesh()
+  sharded = jax.device_put(batch, sharding_lib.batch_sharding(mesh))
+  replicated = jax.device_put(params, sharding_lib.replicated(mesh))
   grads8 = jax.jit(jax.grad(loss_fn))(replicated, sharded)
   # Gradients reach 0.5; float32 sums in another order differ by ~1e-7.
   assert_params_close(grads8, grads1, rtol=1e-4, atol=1e-6)
@@ -252,7 +253,7 @@ def test_nonfinite_loss_skips_update_and_records_step():
 @pytest.mark.parametrize("modality", ["token", "none"])
 def test_state_has_replicated_shardings(modality):
   _, model, tx, _ = make_setup(modality)
-  mesh = train_step_lib.make_mesh()
+  mesh = sharding_lib.make_mesh()
   state = train_step_lib.create_train_state(model, tx, mesh, seed=0)
   for leaf in jax.tree.leaves(state):
     assert leaf.sharding.is_fully_replicated

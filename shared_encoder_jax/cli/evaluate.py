@@ -25,8 +25,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from shared_encoder_jax import sharding as sharding_lib
   from shared_encoder_jax import train as train_lib
-  from shared_encoder_jax import train_step as train_step_lib
   from shared_encoder_jax.cli import console
   from shared_encoder_jax.data import input_pipeline
 
@@ -37,7 +37,7 @@ def main(argv):
     builder = input_pipeline.load_builder(config.data)
     evaluate = train_lib.Evaluator(
         config, builder, input_pipeline.example_transform(config, tokenizer),
-        model, train_step_lib.make_mesh())
+        model, sharding_lib.make_mesh(config.get("mesh")))
     for split in _SPLITS.value or [config.data.test_split]:
       metrics = evaluate(params, split)
       path = train_lib.write_evaluation(_WORKDIR.value, split, step, metrics)
