@@ -27,7 +27,14 @@ class NonFiniteError(FloatingPointError):
 class Checkpoints:
   """The checkpoints of one workdir."""
 
-  def __init__(self, directory: str, keep_last: int, keep_best: int):
+  def __init__(self, directory: str, keep_last: int, keep_best: int,
+               async_save: bool = False, read_only: bool = False):
+    """Open (or create) the checkpoints folder `directory`.
+
+    With `read_only` nothing is written or deleted, not even a running
+    job's temporary folders, so evaluation and export can read a workdir
+    while training continues in it.
+    """
     policies = [preservation_policy.LatestN(keep_last)]
     if keep_best:
       policies.append(preservation_policy.BestN(
@@ -43,9 +50,14 @@ class Checkpoints:
         # BestN needs them again after a restart.
         best_fn=lambda metrics: metrics[VALIDATION_LOSS],
         best_mode="min",
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
-        create=True)
+        # Async: `save` returns once the arrays are copied to host memory
+        # and the files are written in the background. A save interrupted
+        # by a crash leaves only a temporary folder, removed at the next
+        # start (cleanup_tmp_directories).
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only)
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "trainer"))
@@ -83,12 +95,16 @@ class Checkpoints:
       metrics = {VALIDATION_LOSS: float(validation_loss)}
     self.manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                trainer=ocp.args.JsonSave(trainer_state)),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            trainer=ocp.args.JsonSave(dict(trainer_state))),
         metrics=metrics, force=True)
-    self.manager.wait_until_finished()
-    logging.info("Saved checkpoint at step %d in %s.", step, self.directory)
+    logging.info("Saving checkpoint at step %d in %s.", step, self.directory)
     return True
+
+  def wait(self) -> None:
+    """Block until every started save is complete on disk."""
+    self.manager.wait_until_finished()
 
   def restore(self, step: int, state_target):
     """Restore (state, trainer_state) at `step`.
@@ -104,6 +120,7 @@ class Checkpoints:
     return restored["state"], dict(restored["trainer"])
 
   def close(self):
+    """Finish pending saves and release the manager."""
     self.manager.close()
 
 

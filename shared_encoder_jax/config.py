@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1  # -1: at every evaluation
   config.keep_last_checkpoints = 2
   config.keep_best_checkpoints = 1
+  config.async_checkpointing = True  # training continues while saving
   config.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   config.eval_batch_size = 256
   config.recall_ks = (1, 5, 10, 200)

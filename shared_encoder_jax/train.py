@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 
 import jax
 import ml_collections
@@ -152,11 +154,38 @@ def _scalar_summary(metrics: dict) -> dict:
   return scalars
 
 
+class TerminationSignal:
+  """Records SIGTERM (sent on preemption, by SLURM and by `kill`).
+
+  The training loop checks `received` between steps and then saves a
+  checkpoint and returns, so the next launch resumes at that step.
+  """
+
+  def __init__(self):
+    self.received = None
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    else:
+      logging.warning("Training outside the main thread: SIGTERM will not "
+                      "save a checkpoint before exiting.")
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Train, evaluate on validation along the way and on test at the end.
 
-  Returns the test metrics (see `evaluation.retrieval_metrics`).
+  Returns the test metrics (see `evaluation.retrieval_metrics`), or
+  {"step": N, "stopped_by_signal": "SIGTERM"} when SIGTERM stopped the run
+  after saving a checkpoint at step N.
   """
   mesh = sharding_lib.make_mesh(config.mesh)
   config_lib.validate(config, num_devices=sharding_lib.batch_devices(mesh))
@@ -196,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   checkpoints = checkpointing.Checkpoints(
       os.path.join(workdir, "checkpoints"), config.keep_last_checkpoints,
-      config.keep_best_checkpoints)
+      config.keep_best_checkpoints, async_save=config.async_checkpointing)
   latest = checkpoints.latest_step()
   if latest is None:
     logging.info("Initialising the train state on the mesh.")
@@ -229,8 +258,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = metric_logging.MetricWriter(workdir)
   throughput = metric_logging.Throughput(config.batch_size, total_steps, step)
   stopped_early = False
+  termination = TerminationSignal()
   try:
     while step < total_steps and not stopped_early:
+      if termination.received:
+        checkpoints.save(state, trainer_state)
+        checkpoints.wait()
+        logging.info("Stopped by signal %s at step %d after saving a "
+                     "checkpoint; rerun the same command to resume.",
+                     termination.received, step)
+        return {"step": step, "stopped_by_signal": termination.received}
       batch = input_pipeline.to_device(next(batches), data_sharding)
       state, metrics = train_step(state, batch)
       step += 1
@@ -277,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     params = state.params
     final_step = step
     if stopped_early and config.keep_best_checkpoints:
+      checkpoints.wait()
       best_step = checkpoints.best_step()
       logging.info("Evaluating the best checkpoint (step %d) on test.",
                    best_step)
@@ -291,6 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     test_metrics["step"] = final_step
     return test_metrics
   finally:
+    termination.restore()
     writer.close()
     checkpoints.close()
 
@@ -316,7 +355,7 @@ def load_trained(workdir: str, step: int | None = None):
 
   checkpoints = checkpointing.Checkpoints(
       os.path.join(workdir, "checkpoints"), config.keep_last_checkpoints,
-      config.keep_best_checkpoints)
+      config.keep_best_checkpoints, read_only=True)
   try:
     available = checkpoints.all_steps()
     if not available:

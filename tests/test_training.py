@@ -56,51 +56,112 @@ def test_run_writes_every_output(trained_workdir):
   assert sorted(metric_logging.read_metrics(workdir)) == list(range(1, 13))
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, threading
     sys.path.insert(0, "tests")
     import conftest
+    from shared_encoder_jax import checkpointing
     from shared_encoder_jax import metric_logging
     from shared_encoder_jax import train
 
-    data_dir, workdir = sys.argv[1:3]
+    data_dir, workdir, action, delay = sys.argv[1:5]
     log_train_line = metric_logging.log_train_line
+    save = checkpointing.Checkpoints.save
 
-    def kill_after_step_8(step, *args):
+    def signal_after_step_8(step, *args):
       log_train_line(step, *args)
       if step == 8:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, action))
 
-    metric_logging.log_train_line = kill_after_step_8
+    def kill_while_saving_step_6(self, state, *args, **kwargs):
+      saved = save(self, state, *args, **kwargs)
+      if int(state.step) == 6:
+        timer = threading.Timer(
+            float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+        timer.start()
+      return saved
+
+    if action == "kill_during_save":
+      checkpointing.Checkpoints.save = kill_while_saving_step_6
+    else:
+      metric_logging.log_train_line = signal_after_step_8
     config = conftest.tiny_config()
     config.data.data_dir = data_dir
-    train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir)
+    print("RESULT", result.get("stopped_by_signal"), result["step"])
 """)
 
 
-def test_killed_run_resumes_bitwise(trained_workdir, synthetic_data_dir,
-                                    tmp_path):
-  reference = metric_logging.read_metrics(trained_workdir[0])
-  workdir = str(tmp_path)
-
+def run_interrupted(data_dir, workdir, action, delay=0.0):
+  """Run the tiny config in a subprocess that interrupts itself."""
   # Same 8-device XLA_FLAGS as this process (set in conftest).
-  killed = subprocess.run(
-      [sys.executable, "-c", KILL_SCRIPT, synthetic_data_dir, workdir],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert killed.returncode == -9, killed.stderr
-  assert max(metric_logging.read_metrics(workdir)) == 8
-  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                          10, 1)
-  assert checkpoints.latest_step() == 6
-  checkpoints.close()
+  return subprocess.run(
+      [sys.executable, "-c", INTERRUPT_SCRIPT, data_dir, workdir, action,
+       str(delay)], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
-  train_lib.train_and_evaluate(config_for(synthetic_data_dir), workdir)
+
+def assert_resumes_bitwise(reference_workdir, workdir, data_dir, start_step):
+  train_lib.train_and_evaluate(config_for(data_dir), workdir)
   with open(os.path.join(workdir, "provenance.json")) as f:
-    assert [launch["start_step"] for launch in json.load(f)] == [0, 6]
+    assert [launch["start_step"] for launch in json.load(f)] == [0, start_step]
+  reference = metric_logging.read_metrics(reference_workdir)
   resumed = metric_logging.read_metrics(workdir)
   for step in range(1, 13):
     assert resumed[step]["loss"] == reference[step]["loss"], step
     assert resumed[step]["grad_norm"] == reference[step]["grad_norm"], step
+
+
+def test_killed_run_resumes_bitwise(trained_workdir, synthetic_data_dir,
+                                    tmp_path):
+  workdir = str(tmp_path)
+  killed = run_interrupted(synthetic_data_dir, workdir, "SIGKILL")
+  assert killed.returncode == -9, killed.stderr
+  assert max(metric_logging.read_metrics(workdir)) == 8
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                          10, 1, read_only=True)
+  latest = checkpoints.latest_step()
+  checkpoints.close()
+  # The asynchronous save of step 6 may not have finished before the kill.
+  assert latest in (3, 6), latest
+  assert_resumes_bitwise(trained_workdir[0], workdir, synthetic_data_dir,
+                         latest)
+
+
+def test_sigterm_saves_at_current_step(trained_workdir, synthetic_data_dir,
+                                       tmp_path):
+  workdir = str(tmp_path)
+  stopped = run_interrupted(synthetic_data_dir, workdir, "SIGTERM")
+  assert stopped.returncode == 0, stopped.stderr
+  assert "RESULT SIGTERM 8" in stopped.stdout
+  checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                          10, 1, read_only=True)
+  assert checkpoints.all_steps() == [3, 6, 8]
+  checkpoints.close()
+  assert_resumes_bitwise(trained_workdir[0], workdir, synthetic_data_dir, 8)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.5])
+def test_kill_during_async_save_resumes(trained_workdir, synthetic_data_dir,
+                                        tmp_path, delay):
+  workdir = str(tmp_path)
+  killed = run_interrupted(synthetic_data_dir, workdir, "kill_during_save",
+                           delay)
+  assert killed.returncode == -9, killed.stderr
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  checkpoints = checkpointing.Checkpoints(checkpoint_dir, 10, 1,
+                                          read_only=True)
+  latest = checkpoints.latest_step()
+  checkpoints.close()
+  # An unfinished save leaves only a temporary folder, of a later step than
+  # the latest complete one.
+  temporary = [name for name in os.listdir(checkpoint_dir) if "tmp" in name]
+  assert len(temporary) <= 1, temporary
+  assert latest in (3, 6, 9, 12), latest
+  for name in temporary:
+    assert int(name.split(".")[0]) > latest, (name, latest)
+  assert_resumes_bitwise(trained_workdir[0], workdir, synthetic_data_dir,
+                         latest)
+  assert not [name for name in os.listdir(checkpoint_dir) if "tmp" in name]
 
 
 def test_resume_with_other_model_is_rejected(trained_workdir,
@@ -125,7 +186,8 @@ def test_nonfinite_loss_stops_without_checkpoint(synthetic_data_dir, tmp_path,
   config = config_for(synthetic_data_dir)
   with pytest.raises(checkpointing.NonFiniteError, match="Step 8 produced"):
     train_lib.train_and_evaluate(config, str(tmp_path))
-  checkpoints = checkpointing.Checkpoints(str(tmp_path / "checkpoints"), 10, 1)
+  checkpoints = checkpointing.Checkpoints(str(tmp_path / "checkpoints"), 10, 1,
+                                          read_only=True)
   assert checkpoints.all_steps() == [3, 6]
   checkpoints.close()
 

@@ -34,6 +34,10 @@ def main(argv):
   console.quiet_library_logs()
   with console.exit_on_user_error():
     metrics = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if "stopped_by_signal" in metrics:
+    print(f"Stopped by {metrics['stopped_by_signal']} at step "
+          f"{metrics['step']}; rerun the same command to resume.")
+    return
   print(evaluation.format_metrics(f"test (step {metrics['step']})", metrics))
   logging.info("Done. Outputs are in %s.", _WORKDIR.value)
 
