@@ -10,12 +10,14 @@ from absl import logging
 from shared_encoder_jax import bundle
 from shared_encoder_jax import checkpointing
 from shared_encoder_jax import config
+from shared_encoder_jax import distributed
 from shared_encoder_jax import tokenizer
 from shared_encoder_jax.data import input_pipeline
 
 USER_ERRORS = (config.ConfigError, checkpointing.NonFiniteError,
                bundle.BundleError, tokenizer.TokenizerError,
-               input_pipeline.DatasetError, FileNotFoundError,
+               input_pipeline.DatasetError,
+               distributed.DistributedSettingsError, FileNotFoundError,
                FileExistsError)
 
 # Libraries whose INFO lines describe their internals (Orbax logs about 30
