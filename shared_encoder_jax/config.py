@@ -62,6 +62,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # compute dtype; parameters stay float32
   config.model.logit_scale_init = 1 / 0.07
   config.model.logit_scale_max = 100.0
+  # A learnable logit bias, which SigLIP's sigmoid loss needs (see
+  # `use_siglip`); the CLIP loss has none.
+  config.model.use_logit_bias = False
+  config.model.logit_bias_init = 0.0
+  # Rematerialisation of each Transformer block: "none", "full" (recompute
+  # the block in the backward pass) or "dots" (keep only matmul outputs).
+  config.model.remat = "none"
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.kind = "clip"  # "clip" (InfoNCE) or "siglip" (sigmoid)
+  # clip: "full" or "local"; siglip: "full" or "chunked". Every mode gives
+  # the loss of the whole global batch; they differ in memory per device.
+  config.loss.mode = "full"
 
   config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.model_path = ""  # empty: train one on the training captions
@@ -89,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.tensor = 1
 
   config.batch_size = 128  # global, over all devices
+  # >1: process each batch in this many micro-batches with the same update
+  # (GradCache), to fit a large contrastive batch in memory.
+  config.num_micro_batches = 1
   config.num_epochs = 10.0
   config.total_steps = -1  # -1: derive from num_epochs and the split size
   config.log_every_steps = 50
@@ -114,6 +130,19 @@ def set_model_size(config: ml_collections.ConfigDict, size: str) -> None:
     raise ConfigError(f"Model size {size!r} is unknown; "
                       f"choose one of {sorted(MODEL_SIZES)}.")
   _set_size(config.model, size)
+
+
+def use_siglip(config: ml_collections.ConfigDict, mode: str = "full") -> None:
+  """Switch to SigLIP's sigmoid loss with the SigLIP paper's initial values.
+
+  Temperature 10 and bias -10 (Zhai et al. 2023, "Sigmoid Loss for Language
+  Image Pre-Training").
+  """
+  config.loss.kind = "siglip"
+  config.loss.mode = mode
+  config.model.logit_scale_init = 10.0
+  config.model.use_logit_bias = True
+  config.model.logit_bias_init = -10.0
 
 
 def parse_shared_layers(spec: str, depth: int) -> tuple[int, ...]:
@@ -210,6 +239,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         f"model.logit_scale_init={model.logit_scale_init} must be positive "
         f"and at most model.logit_scale_max={model.logit_scale_max}.")
   parse_shared_layers(model.shared_layers, model.depth)
+  if model.remat not in ("none", "full", "dots"):
+    raise ConfigError(f"model.remat={model.remat!r} must be 'none', 'full' "
+                      "or 'dots'.")
+  valid_losses = {"clip": ("full", "local"), "siglip": ("full", "chunked")}
+  if config.loss.kind not in valid_losses:
+    raise ConfigError(f"loss.kind={config.loss.kind!r} must be 'clip' or "
+                      "'siglip'.")
+  if config.loss.mode not in valid_losses[config.loss.kind]:
+    raise ConfigError(
+        f"loss.mode={config.loss.mode!r} is not a mode of "
+        f"loss.kind={config.loss.kind!r}; choose one of "
+        f"{list(valid_losses[config.loss.kind])}.")
+  if (config.loss.kind == "siglip") != model.use_logit_bias:
+    raise ConfigError(
+        f"model.use_logit_bias={model.use_logit_bias} does not fit "
+        f"loss.kind={config.loss.kind!r}: SigLIP needs the bias and CLIP "
+        "has none. Call config.use_siglip(config) in the config file to set "
+        "the loss and its initial values together.")
 
   if config.batch_size <= 0 or config.batch_size % num_devices:
     raise ConfigError(
@@ -219,6 +266,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     raise ConfigError(
         f"eval_batch_size={config.eval_batch_size} must be a positive "
         f"multiple of the {num_devices} device(s) on the mesh's data axis.")
+  if config.num_micro_batches < 1 or config.batch_size % (
+      config.num_micro_batches * num_devices):
+    raise ConfigError(
+        f"num_micro_batches={config.num_micro_batches} must be positive and "
+        f"batch_size={config.batch_size} must split into that many "
+        f"micro-batches, each divisible by the {num_devices} device(s).")
   if config.batch_size < 2:
     raise ConfigError("batch_size must be at least 2: a contrastive loss "
                       "needs negatives.")

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from shared_encoder_jax import loss as loss_lib
+from shared_encoder_jax import sharded_loss
 
 
 def match_ranks(similarity: np.ndarray, chunk_rows: int = 1024) -> np.ndarray:
@@ -57,10 +58,18 @@ def retrieval_metrics(image_embeddings: np.ndarray,
   return results
 
 
-def validation_loss(image_embeddings, text_embeddings, logit_scale) -> float:
-  """InfoNCE with the whole split as one batch (independent of batch size)."""
-  return float(loss_lib.clip_loss(image_embeddings, text_embeddings,
-                                  logit_scale))
+def validation_loss(image_embeddings, text_embeddings, logit_scale,
+                    logit_bias=None) -> float:
+  """The training loss with the whole split as one batch.
+
+  InfoNCE, or SigLIP's sigmoid loss when `logit_bias` is given. One batch of
+  the whole split makes the value independent of the batch size.
+  """
+  if logit_bias is None:
+    return float(loss_lib.clip_loss(image_embeddings, text_embeddings,
+                                    logit_scale))
+  return float(sharded_loss.siglip_loss(image_embeddings, text_embeddings,
+                                        logit_scale, logit_bias))
 
 
 def embed_batches(embed_step, params, batches, sharding, to_device):

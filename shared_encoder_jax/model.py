@@ -106,6 +106,9 @@ class SharedEncoderCLIP(nn.Module):
   dtype: str = "float32"
   logit_scale_init: float = 1 / 0.07
   logit_scale_max: float = 100.0
+  use_logit_bias: bool = False
+  logit_bias_init: float = 0.0
+  remat: str = "none"
 
   @property
   def num_patches(self) -> int:
@@ -123,7 +126,13 @@ class SharedEncoderCLIP(nn.Module):
 
   def setup(self):
     dtype = _DTYPES[self.dtype]
-    block = lambda: EncoderBlock(self.num_heads, self.mlp_dim, dtype=dtype)
+    block_class = EncoderBlock
+    if self.remat != "none":
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                if self.remat == "dots" else None)
+      # Argument 2 (`causal`, after self and x) picks the mask at trace time.
+      block_class = nn.remat(EncoderBlock, policy=policy, static_argnums=(2,))
+    block = lambda: block_class(self.num_heads, self.mlp_dim, dtype=dtype)
     shared = set(self.shared_layers)
     self.shared_blocks = {str(i): block() for i in range(self.depth)
                           if i in shared}
@@ -173,6 +182,9 @@ class SharedEncoderCLIP(nn.Module):
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(np.log(self.logit_scale_init)),
         ())
+    if self.use_logit_bias:
+      self.logit_bias = self.param(
+          "logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
   def _blocks(self, modality: str):
     per_modality = self.image_blocks if modality == "image" else self.text_blocks
@@ -206,7 +218,7 @@ class SharedEncoderCLIP(nn.Module):
     x = self.image_pre_norm(x)
 
     for block in self._blocks("image"):
-      x = block(x)
+      x = block(x, False)
     pooled = self.image_final_norm(x[:, 0])
     return self.image_projection(pooled)
 
@@ -231,7 +243,7 @@ class SharedEncoderCLIP(nn.Module):
     x = x + self.text_position_embedding.astype(dtype)
 
     for block in self._blocks("text"):
-      x = block(x, causal=True)
+      x = block(x, True)
     pooled = x[jnp.arange(x.shape[0]), eot_position]
     pooled = self.text_final_norm(pooled)
     return self.text_projection(pooled)
@@ -253,7 +265,8 @@ CONFIG_FIELDS = ("image_size", "patch_size", "image_channels", "width",
                  "depth", "num_heads", "mlp_dim", "text_context", "embed_dim",
                  "modality", "modality_dim", "num_modality_tokens",
                  "shared_layers", "dtype", "logit_scale_init",
-                 "logit_scale_max")
+                 "logit_scale_max", "use_logit_bias", "logit_bias_init",
+                 "remat")
 
 
 def build_model(model_config, vocab_size: int, eot_id: int) -> SharedEncoderCLIP:

@@ -131,8 +131,11 @@ class Evaluator:
         sharding_lib.batch_sharding(self.mesh), input_pipeline.to_device)
     metrics = evaluation.retrieval_metrics(image_emb, text_emb,
                                            self.config.recall_ks)
+    logit_bias = params.get("logit_bias")
+    if logit_bias is not None:
+      logit_bias = float(jax.device_get(logit_bias))
     metrics["loss"] = evaluation.validation_loss(image_emb, text_emb,
-                                                 logit_scale)
+                                                 logit_scale, logit_bias)
     return metrics
 
 
@@ -246,8 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   transform = input_pipeline.example_transform(config, tokenizer)
   evaluate = Evaluator(config, builder, transform, model, mesh)
-  train_step = train_step_lib.make_train_step(model, tx, schedule, mesh,
-                                              shardings)
+  train_step = train_step_lib.make_train_step(
+      model, tx, schedule, mesh, shardings, config.loss.kind,
+      config.loss.mode, config.num_micro_batches)
   batches = input_pipeline.training_batches(
       input_pipeline.training_dataset(train_source, transform,
                                       config.batch_size,

@@ -19,8 +19,8 @@ import optax
 import flax.linen as nn
 from jax.sharding import Mesh
 
-from shared_encoder_jax import loss as loss_lib
 from shared_encoder_jax import model as model_lib
+from shared_encoder_jax import sharded_loss
 from shared_encoder_jax import sharding as sharding_lib
 
 
@@ -75,14 +75,90 @@ def create_train_state(model, tx, mesh: Mesh, seed: int) -> TrainState:
   return init(jax.random.PRNGKey(seed))
 
 
-def _train_step(state: TrainState, batch, *, model, tx, schedule, mesh):
+def _loss_and_grads(params, batch, *, model, mesh, contrastive_loss):
+  """Loss, logit scale and parameter gradients of one (global) batch."""
   def loss_fn(params):
     image_emb, text_emb, logit_scale = apply_on_mesh(
         model, mesh, params, batch["image"], batch["text"])
-    return loss_lib.clip_loss(image_emb, text_emb, logit_scale), logit_scale
+    loss = contrastive_loss(image_emb, text_emb, logit_scale,
+                            params.get("logit_bias"))
+    return loss, logit_scale
 
   (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+      params)
+  return loss, logit_scale, grads
+
+
+def _accumulated_loss_and_grads(params, batch, *, model, mesh,
+                                contrastive_loss, num_micro_batches):
+  """The same as `_loss_and_grads`, in micro-batches (GradCache).
+
+  A contrastive loss needs every negative of the batch, so the gradient is
+  not a sum of per-micro-batch gradients. Instead: (1) embed every
+  micro-batch without gradient; (2) take the loss and its gradient with
+  respect to the embeddings over the whole batch; (3) embed each micro-batch
+  again and back-propagate its slice of that gradient into the parameters.
+  Memory holds one micro-batch's activations at a time, at the cost of a
+  second forward pass.
+  """
+  size = batch["image"].shape[0]
+  rows = size // num_micro_batches
+
+  # Micro-batch j takes rows j, j + k, j + 2k, ...: with the batch split over
+  # devices in contiguous blocks, each micro-batch spans every device.
+  def split(x):
+    return x.reshape((rows, num_micro_batches) + x.shape[1:]).swapaxes(0, 1)
+
+  def merge(x):
+    return x.swapaxes(0, 1).reshape((size,) + x.shape[2:])
+
+  def embed(p, images, tokens):
+    image_emb, text_emb, _ = apply_on_mesh(model, mesh, p, images, tokens)
+    return image_emb, text_emb
+
+  def clamped_scale(p):
+    return jnp.minimum(jnp.exp(p["logit_scale"].astype(jnp.float32)),
+                       model.logit_scale_max)
+
+  micro_batches = (split(batch["image"]), split(batch["text"]))
+  image_emb, text_emb = jax.lax.map(lambda xs: embed(params, *xs),
+                                    micro_batches)
+  image_emb, text_emb = merge(image_emb), merge(text_emb)
+
+  logit_scale = clamped_scale(params)
+  bias = params.get("logit_bias")
+  loss, embedding_grads = jax.value_and_grad(
+      lambda *args: contrastive_loss(*args), argnums=(0, 1, 2, 3) if
+      bias is not None else (0, 1, 2))(image_emb, text_emb, logit_scale, bias)
+  image_grad, text_grad, scale_grad = embedding_grads[:3]
+
+  def backpropagate(grads, xs):
+    images, tokens, image_cotangent, text_cotangent = xs
+    _, vjp = jax.vjp(lambda p: embed(p, images, tokens), params)
+    (micro_grads,) = vjp((image_cotangent, text_cotangent))
+    return jax.tree.map(jnp.add, grads, micro_grads), None
+
+  grads, _ = jax.lax.scan(
+      backpropagate, jax.tree.map(jnp.zeros_like, params),
+      micro_batches + (split(image_grad), split(text_grad)))
+  _, scale_vjp = jax.vjp(clamped_scale, params)
+  grads = jax.tree.map(jnp.add, grads, scale_vjp(scale_grad)[0])
+  if bias is not None:
+    grads = dict(grads, logit_bias=grads["logit_bias"] + embedding_grads[3])
+  return loss, logit_scale, grads
+
+
+def _train_step(state: TrainState, batch, *, model, tx, schedule, mesh,
+                contrastive_loss, num_micro_batches):
+  if num_micro_batches > 1:
+    loss, logit_scale, grads = _accumulated_loss_and_grads(
+        state.params, batch, model=model, mesh=mesh,
+        contrastive_loss=contrastive_loss,
+        num_micro_batches=num_micro_batches)
+  else:
+    loss, logit_scale, grads = _loss_and_grads(
+        state.params, batch, model=model, mesh=mesh,
+        contrastive_loss=contrastive_loss)
   grad_norm = optax.global_norm(grads)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
@@ -104,15 +180,24 @@ def _train_step(state: TrainState, batch, *, model, tx, schedule, mesh):
   return new_state, metrics
 
 
-def make_train_step(model, tx, schedule, mesh: Mesh, shardings):
+def make_train_step(model, tx, schedule, mesh: Mesh, shardings,
+                    loss_kind: str = "clip", loss_mode: str = "full",
+                    num_micro_batches: int = 1):
   """Compile-once train step: (state, batch) -> (state, metrics).
 
-  The input state is donated, so its buffers are reused for the new state.
+  The loss is computed over the global batch with `jax.shard_map` (see
+  `sharded_loss.py`). With `num_micro_batches` > 1 the batch is processed
+  in that many parts with the same result (GradCache, see
+  `_accumulated_loss_and_grads`). The input state is donated, so its buffers
+  are reused for the new state.
   """
+  contrastive_loss = sharded_loss.make_sharded_loss(mesh, loss_kind,
+                                                    loss_mode)
   batch_spec = {"image": sharding_lib.batch_sharding(mesh), "text": sharding_lib.batch_sharding(mesh)}
   return jax.jit(
       functools.partial(_train_step, model=model, tx=tx, schedule=schedule,
-                        mesh=mesh),
+                        mesh=mesh, contrastive_loss=contrastive_loss,
+                        num_micro_batches=num_micro_batches),
       in_shardings=(shardings, batch_spec),
       out_shardings=(shardings, sharding_lib.replicated(mesh)),
       donate_argnums=0)
