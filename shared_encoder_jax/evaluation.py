@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from shared_encoder_jax import loss as loss_lib
 from shared_encoder_jax import sharded_loss
@@ -79,7 +79,9 @@ def embed_batches(embed_step, params, batches, sharding, to_device):
     mask = batch["mask"]
     image_emb, text_emb, logit_scale = embed_step(params,
                                                   to_device(batch, sharding))
-    image_emb, text_emb = jax.device_get((image_emb, text_emb))
+    # Gathers the rows other processes hold (a copy when there is one).
+    image_emb, text_emb = multihost_utils.process_allgather(
+        (image_emb, text_emb), tiled=True)
     images.append(np.asarray(image_emb, np.float32)[mask])
     texts.append(np.asarray(text_emb, np.float32)[mask])
   return np.concatenate(images), np.concatenate(texts), float(logit_scale)

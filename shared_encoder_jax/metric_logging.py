@@ -37,6 +37,16 @@ class MetricWriter:
     self._tensorboard.close()
 
 
+class NullWriter:
+  """Stands in for MetricWriter in processes other than process 0."""
+
+  def write(self, step: int, split: str, scalars: dict) -> None:
+    del step, split, scalars
+
+  def close(self) -> None:
+    pass
+
+
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict]:
   """Latest record per step of `split` from a workdir's metrics.jsonl."""
   records = {}

@@ -23,8 +23,8 @@ import threading
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from shared_encoder_jax import checkpointing
 from shared_encoder_jax import config as config_lib
@@ -157,17 +157,35 @@ def _scalar_summary(metrics: dict) -> dict:
   return scalars
 
 
+def _primary_first(name: str, make):
+  """Run `make()` in process 0, then in the others, which reuse its output.
+
+  For work that writes shared files (preparing the dataset, training the
+  tokenizer) that the other processes then read.
+  """
+  if jax.process_count() == 1:
+    return make()
+  if jax.process_index() == 0:
+    result = make()
+  multihost_utils.sync_global_devices(f"shared_encoder_jax {name}")
+  if jax.process_index() != 0:
+    result = make()
+  return result
+
+
 class TerminationSignal:
   """Records SIGTERM (sent on preemption, by SLURM and by `kill`).
 
-  The training loop checks `received` between steps and then saves a
+  The training loop asks `should_stop` between steps and then saves a
   checkpoint and returns, so the next launch resumes at that step.
   """
 
   def __init__(self):
     self.received = None
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() > 1:
+      pass  # JAX's coordination service handles SIGTERM (see should_stop).
+    elif threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     else:
       logging.warning("Training outside the main thread: SIGTERM will not "
@@ -176,6 +194,18 @@ class TerminationSignal:
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
+
+  @property
+  def reason(self) -> str:
+    return self.received or "a preemption notice"
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop before `step`, agreed by all processes."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    # JAX's coordination service turns a preemption notice (SIGTERM) to any
+    # process into one step at which every process returns True.
+    return multihost_utils.reached_preemption_sync_point(step)
 
   def restore(self):
     if self._previous is not None:
@@ -199,9 +229,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("Mesh: %s over %d %s device(s).", dict(mesh.shape),
                mesh.size, jax.devices()[0].platform)
 
-  builder = input_pipeline.load_builder(config.data)
+  primary = jax.process_index() == 0
+  builder = _primary_first(
+      "dataset", lambda: input_pipeline.load_builder(config.data))
   train_source = input_pipeline.data_source(builder, config.data.train_split)
-  tokenizer = load_or_train_tokenizer(config, builder, workdir)
+  tokenizer = _primary_first(
+      "tokenizer", lambda: load_or_train_tokenizer(config, builder, workdir))
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
                                 tokenizer.eos_id)
 
@@ -235,17 +268,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = train_step_lib.create_train_state(model, tx, mesh, config.seed)
     trainer_state = {"data_position": 0, "best_validation_loss": None,
                      "evaluations_without_improvement": 0}
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(config.to_json(indent=2))
+    if primary:
+      with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
   else:
     logging.info("Resuming from the checkpoint at step %d.", latest)
     state, trainer_state = checkpoints.restore(
         latest, checkpointing.restore_target(state_shapes, shardings))
   step = int(jax.device_get(state.step))
 
-  provenance_path = provenance.record_launch(
-      workdir, config.to_dict(), input_pipeline.fingerprint(builder), step)
-  logging.info("Recorded provenance in %s.", provenance_path)
+  if primary:
+    provenance_path = provenance.record_launch(
+        workdir, config.to_dict(), input_pipeline.fingerprint(builder), step)
+    logging.info("Recorded provenance in %s.", provenance_path)
 
   transform = input_pipeline.example_transform(config, tokenizer)
   evaluate = Evaluator(config, builder, transform, model, mesh)
@@ -259,19 +294,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       trainer_state["data_position"], config.data.num_threads)
   data_sharding = sharding_lib.batch_sharding(mesh)
 
-  writer = metric_logging.MetricWriter(workdir)
+  # Process 0 alone writes metrics and evaluation files; every process takes
+  # part in checkpoints.
+  writer = (metric_logging.MetricWriter(workdir) if primary else
+            metric_logging.NullWriter())
   throughput = metric_logging.Throughput(config.batch_size, total_steps, step)
   stopped_early = False
   termination = TerminationSignal()
   try:
     while step < total_steps and not stopped_early:
-      if termination.received:
+      if termination.should_stop(step):
         checkpoints.save(state, trainer_state)
         checkpoints.wait()
-        logging.info("Stopped by signal %s at step %d after saving a "
-                     "checkpoint; rerun the same command to resume.",
-                     termination.received, step)
-        return {"step": step, "stopped_by_signal": termination.received}
+        logging.info("Stopped by %s at step %d after saving a checkpoint; "
+                     "rerun the same command to resume.",
+                     termination.reason, step)
+        return {"step": step, "stopped_by_signal": termination.reason}
       batch = input_pipeline.to_device(next(batches), data_sharding)
       state, metrics = train_step(state, batch)
       step += 1
@@ -294,7 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if step % eval_every == 0 or step == total_steps:
         metrics = evaluate(state.params, config.data.validation_split)
         writer.write(step, "validation", _scalar_summary(metrics))
-        write_evaluation(workdir, "validation", step, metrics)
+        if primary:
+          write_evaluation(workdir, "validation", step, metrics)
         logging.info("Step %d, validation loss %.4f.\n%s", step,
                      metrics["loss"], evaluation.format_metrics(
                          "validation", metrics))
@@ -327,9 +366,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       params, final_step = best_state.params, best_step
 
     test_metrics = evaluate(params, config.data.test_split)
-    path = write_evaluation(workdir, "test", final_step, test_metrics)
-    logging.info("Test metrics written to %s.\n%s", path,
-                 evaluation.format_metrics("test", test_metrics))
+    if primary:
+      path = write_evaluation(workdir, "test", final_step, test_metrics)
+      logging.info("Test metrics written to %s.", path)
+    logging.info("%s", evaluation.format_metrics("test", test_metrics))
     test_metrics["step"] = final_step
     return test_metrics
   finally:

@@ -296,3 +296,72 @@ def test_evaluate_command_writes_metrics(trained_workdir):
   with open(os.path.join(workdir, "evaluation", "test_step_12.json")) as f:
     assert json.load(f)["step"] == 12
   assert written["split"] == "validation" and written["num_pairs"] == 1000
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, "tests")
+    import conftest  # sets 8 devices; each process here uses 4 instead
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    from shared_encoder_jax import distributed
+    from shared_encoder_jax import train
+
+    data_dir, workdir = sys.argv[1:3]
+    distributed.initialize()
+    import jax
+    print("DEVICES", jax.process_count(), jax.local_device_count(),
+          jax.device_count())
+    config = conftest.tiny_config()
+    config.data.data_dir = data_dir
+    result = train.train_and_evaluate(config, workdir)
+    print("RESULT", result["step"], result["image_to_text"]["recall@10"])
+""")
+
+
+def test_two_processes_match_one_process(trained_workdir, synthetic_data_dir,
+                                         tmp_path):
+  """Two processes of 4 devices train like one process of 8 devices."""
+  import socket
+
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  workdir = str(tmp_path / "two_processes")
+  processes = []
+  for process_id in range(2):
+    env = dict(os.environ, SHARED_ENCODER_COORDINATOR=f"127.0.0.1:{port}",
+               SHARED_ENCODER_NUM_PROCESSES="2",
+               SHARED_ENCODER_PROCESS_ID=str(process_id),
+               JAX_PLATFORMS="cpu")
+    processes.append(subprocess.Popen(
+        [sys.executable, "-c", TWO_PROCESS_SCRIPT, synthetic_data_dir,
+         workdir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=600))
+  finally:
+    for process in processes:
+      process.kill()
+  for process, (stdout, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-5000:]
+    assert "DEVICES 2 4 8" in stdout
+    assert "RESULT 12" in stdout
+
+  reference_workdir, reference_metrics = trained_workdir
+  reference = metric_logging.read_metrics(reference_workdir)
+  two = metric_logging.read_metrics(workdir)
+  assert sorted(two) == list(range(1, 13))
+  for step in range(1, 13):
+    np.testing.assert_allclose(two[step]["loss"], reference[step]["loss"],
+                               rtol=1e-5, err_msg=str(step))
+
+  # The checkpoint the two processes wrote restores in this one process.
+  config, _, _, params, step = train_lib.load_trained(workdir)
+  _, _, _, reference_params, _ = train_lib.load_trained(reference_workdir)
+  assert step == 12
+  for got, want in zip(jax.tree.leaves(params),
+                       jax.tree.leaves(reference_params)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4,
+                               atol=1e-5)

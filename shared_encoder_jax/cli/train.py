@@ -28,11 +28,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and free of TensorFlow.
+  from shared_encoder_jax import distributed
   from shared_encoder_jax import train as train_lib
   from shared_encoder_jax.cli import console
 
   console.quiet_library_logs()
   with console.exit_on_user_error():
+    # Several processes (SLURM, a TPU slice, launch/local.py) connect here;
+    # a single process continues alone.
+    distributed.initialize()
     metrics = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if "stopped_by_signal" in metrics:
     print(f"Stopped by {metrics['stopped_by_signal']} at step "

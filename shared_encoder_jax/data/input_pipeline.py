@@ -154,8 +154,6 @@ def training_dataset(source, transform: ExampleTransform, batch_size: int,
 def training_batches(dataset: grain.MapDataset, position: int,
                      num_threads: int) -> Iterator[dict]:
   """Iterate batches from `position` on, decoding ahead in threads."""
-  # NOTE: single-process only: with several hosts each host would need its
-  # own disjoint slice of every global batch.
   options = grain.ReadOptions(num_threads=num_threads,
                               prefetch_buffer_size=4 * max(num_threads, 1))
   return iter(dataset[position:].to_iter_dataset(options))
@@ -182,6 +180,13 @@ def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
 
 
 def to_device(batch: dict, sharding) -> dict:
-  """Place a host batch on the mesh, split along the batch dimension."""
-  return {key: jax.make_array_from_process_local_data(sharding, value)
+  """Place a global batch on the mesh, split along the batch dimension.
+
+  Every process holds the whole global batch and copies only the rows of
+  its own devices.
+  """
+  # NOTE: with several processes each one decodes the whole global batch;
+  # reading a disjoint shard per process would save that work.
+  return {key: jax.make_array_from_callback(
+      value.shape, sharding, lambda index, value=value: value[index])
           for key, value in batch.items() if key != "mask"}
