@@ -20,6 +20,12 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 VALIDATION_LOSS = "validation_loss"
 
 
+def workdir_path(path) -> str:
+  """An absolute local path, or a bucket path (gs://...) unchanged."""
+  path = str(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
 class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss or gradient."""
 
@@ -58,7 +64,7 @@ class Checkpoints:
         cleanup_tmp_directories=not read_only,
         read_only=read_only,
         create=not read_only)
-    self.directory = os.path.abspath(directory)
+    self.directory = workdir_path(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "trainer"))
 

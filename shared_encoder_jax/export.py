@@ -14,6 +14,7 @@ from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
 from shared_encoder_jax import bundle as bundle_lib
+from shared_encoder_jax import checkpointing
 from shared_encoder_jax import config as config_lib
 from shared_encoder_jax import model as model_lib
 from shared_encoder_jax import provenance
@@ -78,7 +79,8 @@ def export_bundle(workdir: str, output: str, step: int | None = None,
         metadata={"format": bundle_lib.BUNDLE_FORMAT, "step": str(step)})
     with open(os.path.join(staging, bundle_lib.CONFIG_FILE), "w") as f:
       json.dump(bundle_config(config, tokenizer, step,
-                              os.path.abspath(workdir)), f, indent=2)
+                              checkpointing.workdir_path(workdir)), f,
+                indent=2)
     tokenizer.save(os.path.join(staging, bundle_lib.TOKENIZER_FILE))
     with open(os.path.join(staging, bundle_lib.CHECKSUMS_FILE), "w") as f:
       for name in (bundle_lib.WEIGHTS_FILE, bundle_lib.CONFIG_FILE,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from absl import logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
@@ -18,22 +18,38 @@ class MetricWriter:
   and an interruption appear twice; the later line is the resumed run's.
   """
 
-  def __init__(self, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  def __init__(self, workdir):
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl_path = workdir / "metrics.jsonl"
+    # Bucket objects cannot be appended to, so a remote file is rewritten
+    # whole from these lines at every write.
+    # NOTE: the remote branch has not been run against a real bucket.
+    self._remote = "://" in str(workdir)
+    self._lines = []
+    if self._remote and self._jsonl_path.exists():
+      self._lines = self._jsonl_path.read_text().splitlines(keepends=True)
+    self._jsonl = None if self._remote else open(self._jsonl_path, "a")
+    # tensorboardX writes gs:// paths itself (with google-cloud-storage).
+    self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, split: str, scalars: dict) -> None:
     record = {"step": step, "split": split, "time": time.time()}
     record.update({key: float(value) for key, value in scalars.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      self._jsonl_path.write_text("".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for key, value in scalars.items():
       self._tensorboard.add_scalar(f"{split}/{key}", float(value), step)
     self._tensorboard.flush()
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     self._tensorboard.close()
 
 
@@ -50,11 +66,11 @@ class NullWriter:
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict]:
   """Latest record per step of `split` from a workdir's metrics.jsonl."""
   records = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if record["split"] == split:
-        records[record["step"]] = record
+  text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+  for line in text.splitlines():
+    record = json.loads(line)
+    if record["split"] == split:
+      records[record["step"]] = record
   return records
 
 

@@ -10,6 +10,7 @@ import platform
 import subprocess
 
 import jax
+from etils import epath
 
 PACKAGES = ("shared-encoder-jax", "jax", "jaxlib", "flax", "optax",
             "orbax-checkpoint", "tensorflow-datasets", "tensorflow-cpu",
@@ -50,11 +51,10 @@ def record_launch(workdir: str, config_dict: dict, data_fingerprint: dict,
   The file contains a list with one entry per launch, so a resumed run adds to
   it instead of replacing what an earlier launch recorded.
   """
-  path = os.path.join(workdir, "provenance.json")
+  path = epath.Path(workdir) / "provenance.json"
   launches = []
-  if os.path.exists(path):
-    with open(path) as f:
-      launches = json.load(f)
+  if path.exists():
+    launches = json.loads(path.read_text())
   launches.append({
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       "start_step": start_step,
@@ -65,8 +65,7 @@ def record_launch(workdir: str, config_dict: dict, data_fingerprint: dict,
       "devices": [str(d) for d in jax.devices()],
       "data": data_fingerprint,
   })
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(launches, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(launches, indent=2))
+  tmp.replace(path)
+  return str(path)

@@ -8,12 +8,12 @@ always keeps the end-of-text token, where the text encoder pools.
 from __future__ import annotations
 
 import io
-import os
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 from absl import logging
+from etils import epath
 
 # Ids given to the special pieces when this package trains a model.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -50,14 +50,15 @@ class Tokenizer:
     return self.processor.get_piece_size()
 
   @classmethod
-  def from_file(cls, path: str, context_length: int) -> "Tokenizer":
-    if not os.path.exists(path):
+  def from_file(cls, path, context_length: int) -> "Tokenizer":
+    """Load a `.model` file from a local path or a bucket (gs://...)."""
+    path = epath.Path(path)
+    if not path.exists():
       raise TokenizerError(
           f"Tokenizer model {path!r} not found; set tokenizer.model_path to "
           "an existing SentencePiece .model file, or leave it empty to "
           "train one on the training captions.")
-    with open(path, "rb") as f:
-      proto = f.read()
+    proto = path.read_bytes()
     try:
       return cls(proto, context_length, source=path)
     except RuntimeError as e:
@@ -66,11 +67,12 @@ class Tokenizer:
           "tokenizer.model_path to a .model file written by SentencePiece."
       ) from None
 
-  def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(self.model_proto)
-    os.replace(tmp, path)
+  def save(self, path) -> None:
+    """Write the model file (through a temporary file, then a rename)."""
+    path = epath.Path(path)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(self.model_proto)
+    tmp.replace(path)
 
   def tokenize(self, captions: Sequence[str]) -> np.ndarray:
     """Return int32 ids of shape (len(captions), context_length)."""

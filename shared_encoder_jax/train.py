@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from shared_encoder_jax import checkpointing
@@ -50,8 +50,8 @@ def load_or_train_tokenizer(config, builder, workdir: str
                             ) -> tokenizer_lib.Tokenizer:
   """Load the workdir's tokenizer, else the configured file, else train one."""
   context = config.model.text_context
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(path):
+  path = epath.Path(workdir) / TOKENIZER_FILE
+  if path.exists():
     logging.info("Using the workdir's tokenizer %s.", path)
     return tokenizer_lib.Tokenizer.from_file(path, context)
   if config.tokenizer.model_path:
@@ -81,11 +81,10 @@ def _field(config_dict: dict, dotted: str):
 
 def check_resume_compatible(workdir: str, config) -> None:
   """Fail if the workdir's checkpoints were made with a different setup."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(path.read_text())
   current = json.loads(config.to_json())
   for dotted in RESUME_INVARIANT_FIELDS:
     if _field(saved, dotted) != _field(current, dotted):
@@ -141,12 +140,12 @@ class Evaluator:
 
 def write_evaluation(workdir: str, split: str, step: int,
                      metrics: dict) -> str:
-  directory = os.path.join(workdir, "evaluation")
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"{split}_step_{step}.json")
-  with open(path, "w") as f:
-    json.dump({"split": split, "step": step, **metrics}, f, indent=2)
-  return path
+  directory = epath.Path(workdir) / "evaluation"
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"{split}_step_{step}.json"
+  path.write_text(json.dumps({"split": split, "step": step, **metrics},
+                             indent=2))
+  return str(path)
 
 
 def _scalar_summary(metrics: dict) -> dict:
@@ -222,8 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   mesh = sharding_lib.make_mesh(config.mesh)
   config_lib.validate(config, num_devices=sharding_lib.batch_devices(mesh))
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(checkpointing.workdir_path(workdir))
+  workdir.mkdir(parents=True, exist_ok=True)
   check_resume_compatible(workdir, config)
   log_config(config)
   logging.info("Mesh: %s over %d %s device(s).", dict(mesh.shape),
@@ -260,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   log_parameter_counts(state_shapes.params)
 
   checkpoints = checkpointing.Checkpoints(
-      os.path.join(workdir, "checkpoints"), config.keep_last_checkpoints,
+      workdir / "checkpoints", config.keep_last_checkpoints,
       config.keep_best_checkpoints, async_save=config.async_checkpointing)
   latest = checkpoints.latest_step()
   if latest is None:
@@ -269,8 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     trainer_state = {"data_position": 0, "best_validation_loss": None,
                      "evaluations_without_improvement": 0}
     if primary:
-      with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json(indent=2))
+      (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
   else:
     logging.info("Resuming from the checkpoint at step %d.", latest)
     state, trainer_state = checkpoints.restore(
@@ -384,21 +382,20 @@ def load_trained(workdir: str, step: int | None = None):
   `step` defaults to the latest checkpoint. Used by the evaluate and export
   commands.
   """
-  workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  workdir = epath.Path(checkpointing.workdir_path(workdir))
+  config_path = workdir / CONFIG_FILE
+  if not config_path.exists():
     raise FileNotFoundError(
         f"{config_path} not found: {workdir} is not a training workdir (it "
         "has no config.json). Pass the --workdir that train wrote to.")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   tokenizer = tokenizer_lib.Tokenizer.from_file(
-      os.path.join(workdir, TOKENIZER_FILE), config.model.text_context)
+      workdir / TOKENIZER_FILE, config.model.text_context)
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
                                 tokenizer.eos_id)
 
   checkpoints = checkpointing.Checkpoints(
-      os.path.join(workdir, "checkpoints"), config.keep_last_checkpoints,
+      workdir / "checkpoints", config.keep_last_checkpoints,
       config.keep_best_checkpoints, read_only=True)
   try:
     available = checkpoints.all_steps()
