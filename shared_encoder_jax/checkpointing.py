@@ -21,7 +21,7 @@ VALIDATION_LOSS = "validation_loss"
 
 
 def workdir_path(path) -> str:
-  """An absolute local path, or a bucket path (gs://...) unchanged."""
+  """Return a local path made absolute, or a bucket path (gs://) unchanged."""
   path = str(path)
   return path if "://" in path else os.path.abspath(path)
 

@@ -60,7 +60,7 @@ def retrieval_metrics(image_embeddings: np.ndarray,
 
 def validation_loss(image_embeddings, text_embeddings, logit_scale,
                     logit_bias=None) -> float:
-  """The training loss with the whole split as one batch.
+  """Compute the training loss with the whole split as one batch.
 
   InfoNCE, or SigLIP's sigmoid loss when `logit_bias` is given. One batch of
   the whole split makes the value independent of the batch size.

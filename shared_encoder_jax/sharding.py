@@ -167,5 +167,5 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_devices(mesh: Mesh) -> int:
-  """How many ways the batch is split."""
+  """Return how many ways the batch is split (data × fsdp)."""
   return mesh.shape["data"] * mesh.shape["fsdp"]

@@ -175,7 +175,7 @@ def _primary_first(name: str, make):
 class TerminationSignal:
   """Records SIGTERM (sent on preemption, by SLURM and by `kill`).
 
-  The training loop asks `should_stop` between steps and then saves a
+  The training loop calls `should_stop` between steps and then saves a
   checkpoint and returns, so the next launch resumes at that step.
   """
 
@@ -199,7 +199,7 @@ class TerminationSignal:
     return self.received or "a preemption notice"
 
   def should_stop(self, step: int) -> bool:
-    """Whether to save and stop before `step`, agreed by all processes."""
+    """Return whether to save and stop before `step`; all processes agree."""
     if jax.process_count() == 1:
       return self.received is not None
     # JAX's coordination service turns a preemption notice (SIGTERM) to any

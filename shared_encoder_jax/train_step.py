@@ -94,10 +94,12 @@ def _accumulated_loss_and_grads(params, batch, *, model, mesh,
   """The same as `_loss_and_grads`, in micro-batches (GradCache).
 
   A contrastive loss needs every negative of the batch, so the gradient is
-  not a sum of per-micro-batch gradients. Instead: (1) embed every
-  micro-batch without gradient; (2) take the loss and its gradient with
-  respect to the embeddings over the whole batch; (3) embed each micro-batch
-  again and back-propagate its slice of that gradient into the parameters.
+  not a sum of per-micro-batch gradients. Instead:
+    1. embed every micro-batch without gradient;
+    2. take the loss and its gradient with respect to the embeddings over
+       the whole batch;
+    3. embed each micro-batch again and back-propagate its slice of that
+       gradient into the parameters.
   Memory holds one micro-batch's activations at a time, at the cost of a
   second forward pass.
   """
