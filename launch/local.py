@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 
+import config_overrides  # launch/config_overrides.py, beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The variables that shared_encoder_jax.distributed reads.
@@ -79,17 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
       "--dry-run", action="store_true",
       help="Print the commands and run nothing.")
   return parser
-
-
-def split_config_overrides(parser: argparse.ArgumentParser,
-                           extra: list[str]) -> list[str]:
-  """Return the --config.FIELD=VALUE arguments, rejecting any other."""
-  for argument in extra:
-    if not argument.startswith(("--config.", "--noconfig.")):
-      parser.error(
-          f"unrecognized argument {argument!r}. Config overrides must have "
-          "the form --config.FIELD=VALUE.")
-  return extra
 
 
 def find_free_port() -> int:
@@ -196,7 +187,7 @@ def run_processes(command: list[str], environments: list[dict[str, str]]
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  overrides = split_config_overrides(parser, extra)
+  overrides = config_overrides.split_config_overrides(parser, extra)
   if args.num_processes < 1:
     parser.error(f"--num-processes must be 1 or more, got "
                  f"{args.num_processes}.")

@@ -32,6 +32,8 @@ import shlex
 import subprocess
 import sys
 
+import config_overrides  # launch/config_overrides.py, beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -91,17 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Print the script and the sbatch command and run "
                       "nothing.")
   return parser
-
-
-def split_config_overrides(parser: argparse.ArgumentParser,
-                           extra: list[str]) -> list[str]:
-  """Return the --config.FIELD=VALUE arguments, rejecting any other."""
-  for argument in extra:
-    if not argument.startswith(("--config.", "--noconfig.")):
-      parser.error(
-          f"unrecognized argument {argument!r}. Config overrides must have "
-          "the form --config.FIELD=VALUE.")
-  return extra
 
 
 def validate(parser: argparse.ArgumentParser, args) -> None:
@@ -179,7 +170,7 @@ def sbatch_script(args, overrides: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  overrides = split_config_overrides(parser, extra)
+  overrides = config_overrides.split_config_overrides(parser, extra)
   validate(parser, args)
   script = sbatch_script(args, overrides)
   script_file = args.script_file or f"{args.job_name}.sbatch"

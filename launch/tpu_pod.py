@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 
+import config_overrides  # launch/config_overrides.py, beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Files and folders that the workers need to install and run the package,
@@ -108,17 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--dry-run", action="store_true",
                       help="Print the commands and run nothing.")
   return parser
-
-
-def split_config_overrides(parser: argparse.ArgumentParser,
-                           extra: list[str]) -> list[str]:
-  """Return the --config.FIELD=VALUE arguments, rejecting any other."""
-  for argument in extra:
-    if not argument.startswith(("--config.", "--noconfig.")):
-      parser.error(
-          f"unrecognized argument {argument!r}. Config overrides must have "
-          "the form --config.FIELD=VALUE.")
-  return extra
 
 
 class Gcloud:
@@ -348,7 +339,7 @@ def validate_launch(parser: argparse.ArgumentParser, args) -> None:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  overrides = split_config_overrides(parser, extra)
+  overrides = config_overrides.split_config_overrides(parser, extra)
   action = next((name for name in _ACTIONS if getattr(args, name)), None)
   if action and (overrides or args.config or args.workdir):
     parser.error(f"--{action} takes no --config, --workdir or config "
