@@ -14,7 +14,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import flax.linen as nn
 from jax.sharding import Mesh
