@@ -12,10 +12,10 @@ import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-import flax.linen as nn
 from jax.sharding import Mesh
 
 from shared_encoder_jax import model as model_lib
