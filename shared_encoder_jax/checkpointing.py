@@ -1,9 +1,9 @@
 """Orbax checkpoints of the train state and the trainer's own counters.
 
-A checkpoint contains two items: `state` (step, parameters, optimizer state, RNG,
-non-finite marker) and `trainer` (JSON: data position, early-stopping
+A checkpoint contains two items: `state` (step, parameters, optimizer state,
+RNG, non-finite marker) and `trainer` (JSON: data position, early-stopping
 counters). The manager keeps the latest `keep_last` checkpoints and, among
-those saved with a validation loss, the best `keep_best`; a checkpoint
+those saved with a validation loss, the best `keep_best`. A checkpoint
 survives when either rule keeps it, so the latest one is never deleted and a
 run can always resume.
 """

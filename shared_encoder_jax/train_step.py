@@ -27,9 +27,9 @@ from shared_encoder_jax import sharding as sharding_lib
 class TrainState:
   """Everything a checkpoint needs to continue training exactly.
 
-  `nonfinite_step` is -1 until a step produces a non-finite loss or gradient;
-  then it contains that step's number and every later update is skipped, so the
-  parameters stay those of the last finite step.
+  `nonfinite_step` is -1 until a step produces a non-finite loss or
+  gradient. Then it contains that step's number and every later update is
+  skipped, so the parameters stay those of the last finite step.
   """
   step: jax.Array
   params: Any
@@ -99,7 +99,7 @@ def _accumulated_loss_and_grads(params, batch, *, model, mesh,
        the whole batch;
     3. embed each micro-batch again and back-propagate its slice of that
        gradient into the parameters.
-  Memory holds one micro-batch's activations at a time, at the cost of a
+  Memory contains one micro-batch's activations at a time, at the cost of a
   second forward pass.
   """
   size = batch["image"].shape[0]

@@ -51,7 +51,8 @@ def test_output_shapes_every_mode(modality, shared_layers):
   assert image_emb.shape == (3, model.embed_dim)
   assert text_emb.shape == (3, model.embed_dim)
   assert scale.shape == ()
-  assert np.all(np.isfinite(image_emb)) and np.all(np.isfinite(text_emb))
+  assert np.all(np.isfinite(image_emb))
+  assert np.all(np.isfinite(text_emb))
 
 
 def test_feature_mode_embedding_widths():
@@ -91,7 +92,8 @@ def test_shared_layer_is_one_subtree():
 
 def test_separate_layers_exist_twice():
   params, _, _ = init(build(shared_layers="none"))
-  assert "image_blocks_0" in params and "text_blocks_0" in params
+  assert "image_blocks_0" in params
+  assert "text_blocks_0" in params
   assert not any(k.startswith("shared_blocks") for k in params)
   image = jax.tree.leaves(params["image_blocks_0"])
   text = jax.tree.leaves(params["text_blocks_0"])

@@ -182,8 +182,8 @@ def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
 def to_device(batch: dict, sharding) -> dict:
   """Place a global batch on the mesh, split along the batch dimension.
 
-  Every process holds the whole global batch and copies only the rows of
-  its own devices.
+  Every process has the whole global batch in host memory and copies only
+  the rows of its own devices.
   """
   # NOTE: with several processes each one decodes the whole global batch;
   # reading a disjoint shard per process would save that work.
