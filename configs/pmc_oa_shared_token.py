@@ -1,6 +1,7 @@
-"""PMC-OA: one shared encoder; one learnable modality token per modality is
-inserted into the sequence (after the class token for images, after the start
-token for text).
+"""PMC-OA: one shared encoder with one learnable modality token per modality.
+
+The token goes after the class token for images and after the start token for
+text.
 
   --config=configs/pmc_oa_shared_token.py         paper scale, PMC-OA
   --config=configs/pmc_oa_shared_token.py:small   CPU scale, embedded dataset

@@ -90,7 +90,7 @@ def _loss_and_grads(params, batch, *, model, mesh, contrastive_loss):
 
 def _accumulated_loss_and_grads(params, batch, *, model, mesh,
                                 contrastive_loss, num_micro_batches):
-  """The same as `_loss_and_grads`, in micro-batches (GradCache).
+  """Compute what `_loss_and_grads` does, in micro-batches (GradCache).
 
   A contrastive loss needs every negative of the batch, so the gradient is
   not a sum of per-micro-batch gradients. Instead:

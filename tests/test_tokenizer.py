@@ -23,7 +23,8 @@ def tokenizer():
 
 def test_rows_have_start_end_and_padding(tokenizer):
   rows = tokenizer.tokenize(["small mass", "tiny cavity in the left zone"])
-  assert rows.shape == (2, 8) and rows.dtype == np.int32
+  assert rows.shape == (2, 8)
+  assert rows.dtype == np.int32
   assert rows[0, 0] == tokenizer.bos_id
   end = list(rows[0]).index(tokenizer.eos_id)
   assert np.all(rows[0, end + 1:] == tokenizer.pad_id)
