@@ -28,6 +28,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# Groups whose fields are not known in advance: they are passed on as they
+# are (here, to the dataset's builder config).
+FREE_FORM_FIELDS = ("data.builder_config",)
+
+
 class ConfigError(ValueError):
   """A config field has an invalid value or an impossible combination."""
 
@@ -48,8 +53,33 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.id_key = "id"
   config.data.image_mean = CLIP_MEAN
   config.data.image_std = CLIP_STD
+  # Local-copy builders (pmc_oa, roco, mimic_cxr, ...) read the source
+  # files from here; "" means TFDS's default, <data_dir>/downloads/manual.
+  config.data.manual_dir = ""
+  # Overrides of the builder config's fields, e.g. {"image_dir": "images"}
+  # for pmc_oa. A "name" here names the variant; without one it is named
+  # "custom-" plus a hash of the overrides. See each builder's module.
+  config.data.builder_config = ml_collections.ConfigDict()
+  # Stop a dataset build at the first bad record instead of skipping and
+  # counting it in build_report.json.
+  config.data.strict = False
+  # The training subset: `data_fraction` of the training split, chosen by a
+  # hash of each id and `fraction_seed`, so smaller fractions are subsets of
+  # larger ones and the choice is independent of `seed`.
+  config.data.data_fraction = 1.0
+  config.data.fraction_seed = 0
   config.data.shuffle_seed = 0  # separate from `seed`, the init seed
   config.data.num_threads = 2   # host threads that decode and batch
+  # Training augmentation; evaluation always resizes and centre-crops.
+  config.data.augment = ml_collections.ConfigDict()
+  # Crop a random area fraction in `crop_scale` with an aspect ratio in
+  # `crop_ratio`, then resize it to the model's image size.
+  config.data.augment.random_resized_crop = False
+  config.data.augment.crop_scale = (0.9, 1.0)
+  config.data.augment.crop_ratio = (3 / 4, 4 / 3)
+  # Off by default: left and right carry meaning in medical images and in
+  # their captions ("left lower lobe").
+  config.data.augment.horizontal_flip = False
 
   config.model = ml_collections.ConfigDict()
   _set_size(config.model, "small")
@@ -187,6 +217,8 @@ def _check_unknown_fields(config, reference, prefix=""):
           f"Unknown config field {name!r}; the known fields at this level "
           f"are {sorted(reference.keys())}.")
     value, expected = config[key], reference[key]
+    if name in FREE_FORM_FIELDS:
+      continue
     if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f"Config field {name!r} must be a group of fields.")
@@ -321,6 +353,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         f"(model.image_channels={model.image_channels}).")
   if min(data.image_std) <= 0:
     raise ConfigError(f"data.image_std={data.image_std} must be positive.")
+  if not 0 < data.data_fraction <= 1:
+    raise ConfigError(f"data.data_fraction={data.data_fraction} must be in "
+                      "(0, 1].")
+  augment = data.augment
+  low, high = augment.crop_scale
+  if not 0 < low <= high <= 1:
+    raise ConfigError(f"data.augment.crop_scale={augment.crop_scale} must "
+                      "be (min, max) with 0 < min <= max <= 1.")
+  low, high = augment.crop_ratio
+  if not 0 < low <= high:
+    raise ConfigError(f"data.augment.crop_ratio={augment.crop_ratio} must "
+                      "be (min, max) with 0 < min <= max.")
 
 
 def pmc_oa_experiment(arg: str = "") -> ml_collections.ConfigDict:

@@ -51,9 +51,43 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return resized[top:top + size, left:left + size]
 
 
+def random_resized_crop(image: np.ndarray, size: int,
+                        rng: np.random.Generator,
+                        scale: Sequence[float] = (0.9, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)
+                        ) -> np.ndarray:
+  """Crop a random box and resize it to `size` x `size` (bicubic).
+
+  The box covers a fraction of the image area drawn uniformly from `scale`,
+  with an aspect ratio (width / height) drawn log-uniformly from `ratio`.
+  After 10 draws that do not fit in the image, it falls back to the
+  centre crop of `resize_and_center_crop`.
+  """
+  height, width = image.shape[:2]
+  area = height * width
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    crop_width = int(round(np.sqrt(target_area * aspect)))
+    crop_height = int(round(np.sqrt(target_area / aspect)))
+    if 0 < crop_width <= width and 0 < crop_height <= height:
+      top = int(rng.integers(0, height - crop_height + 1))
+      left = int(rng.integers(0, width - crop_width + 1))
+      box = (left, top, left + crop_width, top + crop_height)
+      return np.asarray(Image.fromarray(image).resize(
+          (size, size), Image.Resampling.BICUBIC, box=box))
+  return resize_and_center_crop(image, size)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float],
+              std: Sequence[float]) -> np.ndarray:
+  """Scale uint8 pixels to [0, 1], then subtract `mean` and divide by `std`."""
+  image = image.astype(np.float32) / 255.0
+  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float],
                      std: Sequence[float]) -> np.ndarray:
   """Turn a uint8 gray or RGB image into the model's normalised float input."""
   image = resize_and_center_crop(to_rgb_uint8(image), size)
-  image = image.astype(np.float32) / 255.0
-  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  return normalize(image, mean, std)

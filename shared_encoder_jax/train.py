@@ -11,6 +11,8 @@ workdir's latest checkpoint when there is one. The workdir receives:
   metrics.jsonl          train and validation scalars
   tensorboard/           the same scalars as TensorBoard event files
   evaluation/            retrieval metrics as JSON, per split and step
+  data_subset.json       the training examples used: data fraction, count
+                         and a fingerprint of their ids
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ from shared_encoder_jax import provenance
 from shared_encoder_jax import tokenizer as tokenizer_lib
 from shared_encoder_jax import sharding as sharding_lib
 from shared_encoder_jax import train_step as train_step_lib
+from shared_encoder_jax.data import data_fraction
 from shared_encoder_jax.data import input_pipeline
 
 TOKENIZER_FILE = "tokenizer.model"
 CONFIG_FILE = "config.json"
+DATA_SUBSET_FILE = "data_subset.json"
 # Config groups that must match between the launch that wrote a workdir's
 # checkpoints and a launch that resumes from them.
-RESUME_INVARIANT_FIELDS = ("model", "tokenizer", "data.name", "seed",
-                           "data.shuffle_seed", "batch_size")
+RESUME_INVARIANT_FIELDS = ("model", "tokenizer", "data.name",
+                           "data.builder_config", "seed", "data.shuffle_seed",
+                           "data.data_fraction", "data.fraction_seed",
+                           "batch_size")
 
 
 def load_or_train_tokenizer(config, builder, workdir: str
@@ -122,12 +128,13 @@ class Evaluator:
 
   def __call__(self, params, split: str) -> dict:
     source = input_pipeline.data_source(self.builder, split)
+    sharding = sharding_lib.batch_sharding(self.mesh)
     batches = input_pipeline.evaluation_batches(
         source, self.transform, self.config.eval_batch_size,
-        self.config.data.num_threads)
+        self.config.data.num_threads,
+        input_pipeline.process_rows(sharding, self.config.eval_batch_size))
     image_emb, text_emb, logit_scale = evaluation.embed_batches(
-        self.embed_step, params, batches,
-        sharding_lib.batch_sharding(self.mesh), input_pipeline.to_device)
+        self.embed_step, params, batches, sharding, input_pipeline.to_device)
     metrics = evaluation.retrieval_metrics(image_emb, text_emb,
                                            self.config.recall_ks)
     logit_bias = params.get("logit_bias")
@@ -146,6 +153,30 @@ def write_evaluation(workdir: str, split: str, step: int,
   path.write_text(json.dumps({"split": split, "step": step, **metrics},
                              indent=2))
   return str(path)
+
+
+def select_training_subset(config, builder, workdir, primary: bool):
+  """Indices of the training examples the run uses; record them.
+
+  Logs the count and writes `data_subset.json` (process 0) with the fraction,
+  seed, count and the SHA-256 of the chosen ids.
+  """
+  data = config.data
+  ids = input_pipeline.read_ids(builder, data.train_split, data.id_key)
+  indices = data_fraction.select(ids, data.data_fraction, data.fraction_seed)
+  chosen = [ids[index] for index in indices]
+  subset = {"split": data.train_split, "data_fraction": data.data_fraction,
+            "fraction_seed": data.fraction_seed,
+            "num_examples": len(indices), "split_size": len(ids),
+            "ids_sha256": data_fraction.ids_fingerprint(chosen)}
+  logging.info("Training on %d of %d examples of split %r (data_fraction "
+               "%s, fraction_seed %d); ids SHA-256 %s.", len(indices),
+               len(ids), data.train_split, data.data_fraction,
+               data.fraction_seed, subset["ids_sha256"])
+  if primary:
+    (epath.Path(workdir) / DATA_SUBSET_FILE).write_text(
+        json.dumps(subset, indent=2))
+  return indices
 
 
 def _scalar_summary(metrics: dict) -> dict:
@@ -237,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
                                 tokenizer.eos_id)
 
-  steps_per_epoch = len(train_source) // config.batch_size
+  train_indices = select_training_subset(config, builder, workdir, primary)
+  steps_per_epoch = len(train_indices) // config.batch_size
   total_steps = config.total_steps
   if total_steps == -1:
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
@@ -249,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpoint_every = eval_every
   logging.info("%d training examples, %d steps per epoch, %d steps in all; "
                "evaluating every %d and checkpointing every %d steps.",
-               len(train_source), steps_per_epoch, total_steps, eval_every,
+               len(train_indices), steps_per_epoch, total_steps, eval_every,
                checkpoint_every)
 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
@@ -282,15 +314,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   transform = input_pipeline.example_transform(config, tokenizer)
   evaluate = Evaluator(config, builder, transform, model, mesh)
+  data_sharding = sharding_lib.batch_sharding(mesh)
   train_step = train_step_lib.make_train_step(
       model, tx, schedule, mesh, shardings, config.loss.kind,
       config.loss.mode, config.num_micro_batches)
   batches = input_pipeline.training_batches(
-      input_pipeline.training_dataset(train_source, transform,
-                                      config.batch_size,
-                                      config.data.shuffle_seed),
+      input_pipeline.training_dataset(
+          train_source,
+          input_pipeline.example_transform(config, tokenizer, training=True),
+          config.batch_size, config.data.shuffle_seed, train_indices,
+          input_pipeline.process_rows(data_sharding, config.batch_size)),
       trainer_state["data_position"], config.data.num_threads)
-  data_sharding = sharding_lib.batch_sharding(mesh)
 
   # Process 0 alone writes metrics and evaluation files; every process takes
   # part in checkpoints.

@@ -1,11 +1,18 @@
-"""Input pipeline: TFDS array_record data read with random access by grain.
+"""Input pipeline: TFDS array_record data read with random access by Grain.
 
-Training batches are a pure function of (data seed, batch position): batch
-`p` is `dataset[p]` of a shuffled, repeated, batched `grain.MapDataset`, with
-a fresh shuffle every epoch. A checkpoint therefore only needs the position
-(the number of batches consumed) to resume with exactly the examples an
-uninterrupted run would have seen. Training drops the last partial batch of
-each pass over the data; evaluation pads the last batch and masks the padding.
+Training order. Each epoch is a fresh permutation (seeded by
+`data.shuffle_seed` and the epoch) of the training examples; global batch `p`
+of epoch `e` is positions `k*B ... (k+1)*B - 1` of that permutation, where
+`k = p - e * steps_per_epoch`. The last `n % B` examples of each permutation
+are dropped, so every batch is full. Batches are thus a pure function of
+(seed, batch position), and a checkpoint only needs the position (the
+number of batches consumed) to resume with exactly the examples an
+uninterrupted run would have seen.
+
+Hosts. Each process reads and decodes only the rows of the global batch that
+its own devices hold (`process_rows`), so hosts read disjoint shards whose
+union is the batch. Evaluation pads the last global batch; every process
+runs the same number of batches and a mask marks the padding.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
+import json
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -30,6 +40,15 @@ from shared_encoder_jax import tokenizer as tokenizer_lib
 BUILDER_MODULES = {
     "synthetic_radiology":
         "shared_encoder_jax.data.synthetic_radiology_builder",
+    "image_text_folder":
+        "shared_encoder_jax.data.builders.image_text_folder",
+    "pmc_oa": "shared_encoder_jax.data.builders.pmc_oa",
+    "roco": "shared_encoder_jax.data.builders.roco",
+    "roco_v2": "shared_encoder_jax.data.builders.roco",
+    "mimic_cxr": "shared_encoder_jax.data.builders.mimic_cxr",
+    "quilt_1m": "shared_encoder_jax.data.builders.quilt_1m",
+    "deepeyenet": "shared_encoder_jax.data.builders.deepeyenet",
+    "dicom_studies": "shared_encoder_jax.data.builders.dicom_studies",
 }
 
 
@@ -37,22 +56,81 @@ class DatasetError(ValueError):
   """A dataset is missing, unknown or lacks a required feature."""
 
 
-def load_builder(data_config) -> tfds.core.DatasetBuilder:
-  """Return the dataset's builder, preparing the data once if needed."""
+def _builder_config(builder_cls, data_config):
+  """The builder config named by data.name, changed by data.builder_config."""
   name = data_config.name
-  base_name = name.split("/")[0]  # "name/builder_config" selects a config
+  config_name = name.split("/")[1] if "/" in name else None
+  overrides = data_config.get("builder_config") or {}
+  if isinstance(overrides, ml_collections.ConfigDict):
+    overrides = overrides.to_dict()
+  if not overrides:
+    return config_name
+  if not builder_cls.BUILDER_CONFIGS:
+    raise DatasetError(f"data.builder_config={overrides} is set, but dataset "
+                       f"{builder_cls.name!r} has no builder config.")
+  overrides = dict(overrides)
+  base = (builder_cls.builder_configs[config_name] if config_name
+          else builder_cls.BUILDER_CONFIGS[0])
+  fields = {field.name for field in dataclasses.fields(base)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    own_fields = fields - {field.name for field in dataclasses.fields(
+        tfds.core.BuilderConfig)}
+    raise DatasetError(
+        f"data.builder_config sets {unknown}, which the builder config of "
+        f"{builder_cls.name!r} does not have; its fields are "
+        f"{sorted(own_fields)} (and 'name').")
+  new_name = overrides.pop("name", None)
+  if new_name is None:
+    digest = hashlib.sha1(json.dumps(
+        {"base": base.name, **overrides}, sort_keys=True,
+        default=str).encode()).hexdigest()[:8]
+    new_name = f"custom-{digest}"
+  values = {**{field.name: getattr(base, field.name)
+               for field in dataclasses.fields(base) if field.init},
+            **overrides, "name": new_name}
+  for key, value in values.items():
+    if isinstance(value, list):
+      values[key] = tuple(value)
+  return type(base)(**values)
+
+
+def load_builder(data_config) -> tfds.core.DatasetBuilder:
+  """Return the dataset's builder, preparing the data once if needed.
+
+  `data.name` is a TFDS name, "name/builder_config" picks a builder config
+  and `data.builder_config` changes its fields. Local-copy builders read
+  their source files from `data.manual_dir`.
+  """
+  name = data_config.name
+  base_name = name.split("/")[0]
   if base_name in BUILDER_MODULES:
     importlib.import_module(BUILDER_MODULES[base_name])
   try:
-    builder = tfds.builder(name, data_dir=data_config.data_dir)
+    builder_cls = tfds.builder_cls(base_name)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetError(
         f"data.name={name!r} is not a known TFDS dataset; the builders this "
         f"package ships are {sorted(BUILDER_MODULES)}.") from None
+  kwargs = {}
+  if data_config.get("strict") and _accepts(builder_cls, "strict"):
+    kwargs["strict"] = True
+  try:
+    builder = builder_cls(config=_builder_config(builder_cls, data_config),
+                          data_dir=data_config.data_dir, **kwargs)
+  except ValueError as error:
+    if "BuilderConfig" not in str(error):
+      raise
+    raise DatasetError(
+        f"data.name={name!r}: {error} The configs of {base_name!r} are "
+        f"{sorted(builder_cls.builder_configs)}.") from None
   if not builder.is_prepared():
-    logging.info("Preparing dataset %s in %s (once).", name,
+    logging.info("Preparing dataset %s in %s (once).", builder.info.full_name,
                  data_config.data_dir)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=data_config.get("manual_dir") or None)
     builder.download_and_prepare(
+        download_config=download_config,
         file_format=tfds.core.FileFormat.ARRAY_RECORD)
   for key in (data_config.image_key, data_config.caption_key,
               data_config.id_key):
@@ -61,6 +139,10 @@ def load_builder(data_config) -> tfds.core.DatasetBuilder:
           f"Dataset {name!r} has no feature {key!r} (set in data.*_key); "
           f"its features are {sorted(builder.info.features)}.")
   return builder
+
+
+def _accepts(builder_cls, argument: str) -> bool:
+  return argument in inspect.signature(builder_cls.__init__).parameters
 
 
 def split_size(builder, split: str) -> int:
@@ -93,6 +175,12 @@ def read_captions(builder, split: str, caption_key: str, limit: int,
   return [_text(source[int(i)][caption_key]) for i in indices]
 
 
+def read_ids(builder, split: str, id_key: str) -> list[str]:
+  """The ids of a split's examples, in source order."""
+  source = data_source(builder, split, skip_image=True)
+  return [_text(source[index][id_key]) for index in range(len(source))]
+
+
 def fingerprint(builder) -> dict:
   """Name, version, split sizes and a SHA-256 of the prepared data files."""
   digest = hashlib.sha256()
@@ -117,38 +205,155 @@ def _text(value) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Random training augmentation; see `config.data.augment`."""
+  random_resized_crop: bool = False
+  crop_scale: tuple = (0.9, 1.0)
+  crop_ratio: tuple = (3 / 4, 4 / 3)
+  horizontal_flip: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ExampleTransform:
-  """Turns one decoded TFDS example into model inputs."""
+  """Turns one decoded TFDS example into model inputs.
+
+  With `augmentation` and a random generator, the image is randomly
+  cropped or flipped as configured; otherwise it is resized and
+  centre-cropped.
+  """
   tokenizer: tokenizer_lib.Tokenizer
   image_size: int
   mean: tuple
   std: tuple
   image_key: str
   caption_key: str
+  id_key: str
+  augmentation: Augmentation | None = None
 
-  def __call__(self, example):
-    image = preprocessing.preprocess_image(
-        example[self.image_key], self.image_size, self.mean, self.std)
+  def __call__(self, example, rng: np.random.Generator | None = None):
+    image = preprocessing.to_rgb_uint8(example[self.image_key])
+    augment = self.augmentation
+    if augment is not None and rng is not None:
+      if augment.random_resized_crop:
+        image = preprocessing.random_resized_crop(
+            image, self.image_size, rng, augment.crop_scale,
+            augment.crop_ratio)
+      else:
+        image = preprocessing.resize_and_center_crop(image, self.image_size)
+      if augment.horizontal_flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    else:
+      image = preprocessing.resize_and_center_crop(image, self.image_size)
     text = self.tokenizer.tokenize([_text(example[self.caption_key])])[0]
-    return {"image": image, "text": text}
+    return {"image": preprocessing.normalize(image, self.mean, self.std),
+            "text": text, "id": _text(example[self.id_key])}
+
+  def padding(self) -> dict:
+    """An all-zero example with the shapes of real ones, id ""."""
+    return {"image": np.zeros((self.image_size, self.image_size, 3),
+                              np.float32),
+            "text": np.zeros((self.tokenizer.context_length,), np.int32),
+            "id": ""}
 
 
-def example_transform(config, tokenizer) -> ExampleTransform:
+def example_transform(config, tokenizer, training: bool = False
+                      ) -> ExampleTransform:
+  """The transform for training (with augmentation) or evaluation."""
+  augmentation = None
+  if training:
+    augment = config.data.augment
+    augmentation = Augmentation(
+        random_resized_crop=augment.random_resized_crop,
+        crop_scale=tuple(augment.crop_scale),
+        crop_ratio=tuple(augment.crop_ratio),
+        horizontal_flip=augment.horizontal_flip)
   return ExampleTransform(
       tokenizer=tokenizer, image_size=config.model.image_size,
       mean=tuple(config.data.image_mean), std=tuple(config.data.image_std),
-      image_key=config.data.image_key, caption_key=config.data.caption_key)
+      image_key=config.data.image_key, caption_key=config.data.caption_key,
+      id_key=config.data.id_key, augmentation=augmentation)
+
+
+def process_rows(sharding, global_batch: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global batch that this process's devices hold.
+
+  Raises ValueError if they are not one contiguous block, which happens only
+  with a device mesh whose order interleaves processes.
+  """
+  indices = sharding.addressable_devices_indices_map((global_batch,))
+  rows = set()
+  for index in indices.values():
+    rows.update(range(global_batch)[index[0]])
+  start, stop = min(rows), max(rows) + 1
+  if len(rows) != stop - start:
+    raise ValueError(
+        f"This process's devices hold rows {sorted(rows)} of the batch, not "
+        "one contiguous block; build the mesh from jax.devices() in order.")
+  return start, stop
+
+
+class _TrainingOrder:
+  """Maps a process's n-th training example to a source index.
+
+  Position `j` of this process is row `start + j % L` of global batch
+  `j // L` (L = stop - start rows per process). See the module docstring.
+  """
+
+  def __init__(self, indices: np.ndarray, batch_size: int, seed: int,
+               rows: tuple[int, int]):
+    self.indices = indices
+    self.batch_size = batch_size
+    self.steps_per_epoch = len(indices) // batch_size
+    self.permutation = grain.MapDataset.range(len(indices)).seed(
+        seed).shuffle()
+    self.start, stop = rows
+    self.local_rows = stop - self.start
+
+  def __call__(self, position: int, _) -> tuple[int, int]:
+    """Return (global example number, source index) of local `position`."""
+    batch, row = divmod(position, self.local_rows)
+    epoch, step = divmod(batch, self.steps_per_epoch)
+    within_epoch = step * self.batch_size + self.start + row
+    number = epoch * len(self.indices) + within_epoch
+    return number, int(self.indices[self.permutation[number]])
 
 
 def training_dataset(source, transform: ExampleTransform, batch_size: int,
-                     seed: int) -> grain.MapDataset:
-  """Infinite dataset of training batches, indexable by batch position."""
-  if len(source) < batch_size:
+                     seed: int, indices: np.ndarray | None = None,
+                     rows: tuple[int, int] | None = None
+                     ) -> grain.MapDataset:
+  """Infinite dataset of this process's training batches, by batch position.
+
+  Args:
+    source: random-access source of decoded examples.
+    transform: turns an example into model inputs.
+    batch_size: the global batch size.
+    seed: the data order seed (`data.shuffle_seed`).
+    indices: the source indices to train on (a data fraction); all if None.
+    rows: this process's rows of each global batch (`process_rows`); all if
+      None.
+  """
+  if indices is None:
+    indices = np.arange(len(source))
+  if len(indices) < batch_size:
     raise DatasetError(
-        f"The training split has {len(source)} examples, fewer than "
-        f"batch_size={batch_size}; lower batch_size.")
-  return (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-          .map(transform).batch(batch_size, drop_remainder=True))
+        f"The training data has {len(indices)} examples, fewer than "
+        f"batch_size={batch_size}; lower batch_size or raise "
+        "data.data_fraction.")
+  rows = rows or (0, batch_size)
+  order = _TrainingOrder(np.asarray(indices), batch_size, seed, rows)
+
+  def load(number_and_index):
+    number, index = number_and_index
+    # Seeded by the global example number, so augmentation does not depend
+    # on the number of processes or on where a run resumed.
+    rng = np.random.default_rng([seed, number])
+    return transform(source[index], rng)
+
+  local_rows = rows[1] - rows[0]
+  return (grain.MapDataset.range(order.steps_per_epoch * local_rows)
+          .repeat().map_with_index(order).map(load)
+          .batch(local_rows, drop_remainder=True))
 
 
 def training_batches(dataset: grain.MapDataset, position: int,
@@ -160,33 +365,43 @@ def training_batches(dataset: grain.MapDataset, position: int,
 
 
 def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
-                       num_threads: int) -> Iterator[dict]:
-  """Batches of a whole split in order; the last one padded.
+                       num_threads: int, rows: tuple[int, int] | None = None
+                       ) -> Iterator[dict]:
+  """This process's rows of the global batches of a whole split, in order.
 
-  Each batch has a boolean `mask` that is False on padding rows.
+  Every process yields ceil(len(source) / batch_size) batches. Each batch
+  has a boolean `mask` over the whole global batch (not only this process's
+  rows) that is False on the padding after the split's last example.
   """
-  dataset = grain.MapDataset.source(source).map(transform).batch(
-      batch_size, drop_remainder=False)
+  num_examples = len(source)
+  rows = rows or (0, batch_size)
+  start, stop = rows
+  local_rows = stop - start
+  num_batches = -(-num_examples // batch_size)
+
+  def load(position, _):
+    batch, row = divmod(position, local_rows)
+    number = batch * batch_size + start + row
+    if number >= num_examples:
+      return transform.padding()
+    return transform(source[number])
+
+  dataset = (grain.MapDataset.range(num_batches * local_rows)
+             .map_with_index(load).batch(local_rows))
   options = grain.ReadOptions(num_threads=num_threads,
                               prefetch_buffer_size=2 * max(num_threads, 1))
-  for batch in dataset.to_iter_dataset(options):
-    size = len(batch["text"])
-    padding = batch_size - size
-    batch = {key: np.concatenate(
-        [value, np.zeros((padding,) + value.shape[1:], value.dtype)])
-             for key, value in batch.items()}
-    batch["mask"] = np.arange(batch_size) < size
+  for batch_number, batch in enumerate(dataset.to_iter_dataset(options)):
+    numbers = batch_number * batch_size + np.arange(batch_size)
+    batch["mask"] = numbers < num_examples
     yield batch
 
 
 def to_device(batch: dict, sharding) -> dict:
-  """Place a global batch on the mesh, split along the batch dimension.
+  """Place this process's rows of a global batch on the mesh.
 
-  Every process has the whole global batch in host memory and copies only
-  the rows of its own devices.
+  Host-side fields (`id`, `mask`) stay behind.
   """
-  # NOTE: with several processes each one decodes the whole global batch;
-  # reading a disjoint shard per process would save that work.
-  return {key: jax.make_array_from_callback(
-      value.shape, sharding, lambda index, value=value: value[index])
-          for key, value in batch.items() if key != "mask"}
+  # JAX infers the global shape from the sharding: each process holds its
+  # own rows, as `process_rows` chose them.
+  return {key: jax.make_array_from_process_local_data(sharding, value)
+          for key, value in batch.items() if key not in ("id", "mask")}
