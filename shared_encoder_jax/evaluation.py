@@ -72,13 +72,16 @@ def validation_loss(image_embeddings, text_embeddings, logit_scale,
                                         logit_scale, logit_bias))
 
 
-def embed_batches(embed_step, params, batches, sharding, to_device):
-  """Embed padded batches; return (image, text) embeddings without padding."""
+def embed_batches(embed_step, params, batches, to_device):
+  """Embed padded batches; return (image, text) embeddings without padding.
+
+  `to_device` places a batch on the mesh (`input_pipeline.BatchPlacement`).
+  """
   images, texts, logit_scale = [], [], None
   for batch in batches:
     mask = batch["mask"]
     image_emb, text_emb, logit_scale = embed_step(params,
-                                                  to_device(batch, sharding))
+                                                  to_device(batch))
     # Gathers the rows other processes hold (a copy when there is one).
     image_emb, text_emb = multihost_utils.process_allgather(
         (image_emb, text_emb), tiled=True)

@@ -14,11 +14,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from shared_encoder_jax.data import image_decoding
+
 
 def load_image(path: str) -> np.ndarray:
-  """Read an image file into a uint8 RGB array of shape (height, width, 3)."""
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"))
+  """Read an image file into a uint8 RGB array of shape (height, width, 3).
+
+  Decodes exactly as the dataset builders do (`image_decoding.decode_image`:
+  EXIF rotation, 16-bit scaling, transparency on white, CMYK), so a file
+  embeds the same way in a bundle as in training.
+  """
+  return image_decoding.read_image(path)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -79,11 +85,26 @@ def random_resized_crop(image: np.ndarray, size: int,
   return resize_and_center_crop(image, size)
 
 
+def normalization(mean: Sequence[float], std: Sequence[float]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, offset) such that `pixels * scale + offset` normalises uint8.
+
+  Equal to `(pixels / 255 - mean) / std`, in float32.
+  """
+  std = np.asarray(std, np.float64)
+  scale = (1 / (255 * std)).astype(np.float32)
+  offset = (-np.asarray(mean, np.float64) / std).astype(np.float32)
+  return scale, offset
+
+
 def normalize(image: np.ndarray, mean: Sequence[float],
               std: Sequence[float]) -> np.ndarray:
   """Scale uint8 pixels to [0, 1], then subtract `mean` and divide by `std`."""
-  image = image.astype(np.float32) / 255.0
-  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  scale, offset = normalization(mean, std)
+  output = image.astype(np.float32)
+  output *= scale
+  output += offset
+  return output
 
 
 def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float],

@@ -127,14 +127,15 @@ class Evaluator:
     self.embed_step = train_step_lib.make_embed_step(model, mesh)
 
   def __call__(self, params, split: str) -> dict:
-    source = input_pipeline.data_source(self.builder, split)
+    source = input_pipeline.data_source(self.builder, split, skip_image=True)
     sharding = sharding_lib.batch_sharding(self.mesh)
     batches = input_pipeline.evaluation_batches(
         source, self.transform, self.config.eval_batch_size,
         self.config.data.num_threads,
         input_pipeline.process_rows(sharding, self.config.eval_batch_size))
     image_emb, text_emb, logit_scale = evaluation.embed_batches(
-        self.embed_step, params, batches, sharding, input_pipeline.to_device)
+        self.embed_step, params, batches,
+        input_pipeline.batch_placement(self.config, sharding))
     metrics = evaluation.retrieval_metrics(image_emb, text_emb,
                                            self.config.recall_ks)
     logit_bias = params.get("logit_bias")
@@ -262,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   primary = jax.process_index() == 0
   builder = _primary_first(
       "dataset", lambda: input_pipeline.load_builder(config.data))
-  train_source = input_pipeline.data_source(builder, config.data.train_split)
+  train_source = input_pipeline.data_source(
+      builder, config.data.train_split, skip_image=True)
   tokenizer = _primary_first(
       "tokenizer", lambda: load_or_train_tokenizer(config, builder, workdir))
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
@@ -315,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   transform = input_pipeline.example_transform(config, tokenizer)
   evaluate = Evaluator(config, builder, transform, model, mesh)
   data_sharding = sharding_lib.batch_sharding(mesh)
+  to_device = input_pipeline.batch_placement(config, data_sharding)
   train_step = train_step_lib.make_train_step(
       model, tx, schedule, mesh, shardings, config.loss.kind,
       config.loss.mode, config.num_micro_batches)
@@ -342,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      "rerun the same command to resume.",
                      termination.reason, step)
         return {"step": step, "stopped_by_signal": termination.reason}
-      batch = input_pipeline.to_device(next(batches), data_sharding)
+      batch = to_device(next(batches))
       state, metrics = train_step(state, batch)
       step += 1
       trainer_state["data_position"] += 1

@@ -29,6 +29,9 @@ class IdTransform:
   def padding(self):
     return {"id": "", "value": np.float32(-1)}
 
+  def finish_batch(self, batch):
+    return batch
+
 
 def make_source(size):
   return [{"id": f"example-{index:04d}", "value": index}

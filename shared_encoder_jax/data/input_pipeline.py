@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import io
 import inspect
 import json
 import os
@@ -31,6 +32,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from PIL import Image
 
 from shared_encoder_jax import preprocessing
 from shared_encoder_jax import tokenizer as tokenizer_lib
@@ -215,23 +217,28 @@ class Augmentation:
 
 @dataclasses.dataclass(frozen=True)
 class ExampleTransform:
-  """Turns one decoded TFDS example into model inputs.
+  """Turns decoded TFDS examples into model inputs.
 
-  With `augmentation` and a random generator, the image is randomly
-  cropped or flipped as configured; otherwise it is resized and
-  centre-cropped.
+  Work is split in two for speed: `__call__` handles one example (image
+  crop in uint8, caption text, id) in the decoding threads, and
+  `finish_batch` tokenises all captions of a batch in one SentencePiece
+  call. Images stay uint8 until `BatchPlacement` normalises them on the
+  devices. With
+  `augmentation` and a random generator, `__call__` randomly crops or
+  flips as configured; otherwise it resizes and centre-crops.
   """
   tokenizer: tokenizer_lib.Tokenizer
   image_size: int
-  mean: tuple
-  std: tuple
   image_key: str
   caption_key: str
   id_key: str
   augmentation: Augmentation | None = None
 
   def __call__(self, example, rng: np.random.Generator | None = None):
-    image = preprocessing.to_rgb_uint8(example[self.image_key])
+    image = example[self.image_key]
+    if isinstance(image, bytes):  # from data_source(..., skip_image=True)
+      image = _decode_stored_image(image)
+    image = preprocessing.to_rgb_uint8(image)
     augment = self.augmentation
     if augment is not None and rng is not None:
       if augment.random_resized_crop:
@@ -244,16 +251,30 @@ class ExampleTransform:
         image = image[:, ::-1]
     else:
       image = preprocessing.resize_and_center_crop(image, self.image_size)
-    text = self.tokenizer.tokenize([_text(example[self.caption_key])])[0]
-    return {"image": preprocessing.normalize(image, self.mean, self.std),
-            "text": text, "id": _text(example[self.id_key])}
+    return {"image": np.ascontiguousarray(image),
+            "caption": _text(example[self.caption_key]),
+            "id": _text(example[self.id_key])}
 
   def padding(self) -> dict:
-    """An all-zero example with the shapes of real ones, id ""."""
+    """An all-zero example with the shapes of real ones; id and caption ""."""
     return {"image": np.zeros((self.image_size, self.image_size, 3),
-                              np.float32),
-            "text": np.zeros((self.tokenizer.context_length,), np.int32),
-            "id": ""}
+                              np.uint8),
+            "caption": "", "id": ""}
+
+  def finish_batch(self, batch: dict) -> dict:
+    """Tokenise the captions of a batch of `__call__` outputs."""
+    return {"image": batch["image"],
+            "text": self.tokenizer.tokenize([str(caption)
+                                             for caption in batch["caption"]]),
+            "id": batch["id"]}
+
+
+def _decode_stored_image(data: bytes) -> np.ndarray:
+  # The builders store PNG or JPEG already decoded once to gray or RGB
+  # uint8, so plain Pillow decoding suffices. It took 0.14 ms per 64x64
+  # PNG where TFDS's own image decoding took 0.16 ms (2-core x86_64).
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image)
 
 
 def example_transform(config, tokenizer, training: bool = False
@@ -269,7 +290,6 @@ def example_transform(config, tokenizer, training: bool = False
         horizontal_flip=augment.horizontal_flip)
   return ExampleTransform(
       tokenizer=tokenizer, image_size=config.model.image_size,
-      mean=tuple(config.data.image_mean), std=tuple(config.data.image_std),
       image_key=config.data.image_key, caption_key=config.data.caption_key,
       id_key=config.data.id_key, augmentation=augmentation)
 
@@ -353,7 +373,8 @@ def training_dataset(source, transform: ExampleTransform, batch_size: int,
   local_rows = rows[1] - rows[0]
   return (grain.MapDataset.range(order.steps_per_epoch * local_rows)
           .repeat().map_with_index(order).map(load)
-          .batch(local_rows, drop_remainder=True))
+          .batch(local_rows, drop_remainder=True)
+          .map(transform.finish_batch))
 
 
 def training_batches(dataset: grain.MapDataset, position: int,
@@ -387,7 +408,8 @@ def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
     return transform(source[number])
 
   dataset = (grain.MapDataset.range(num_batches * local_rows)
-             .map_with_index(load).batch(local_rows))
+             .map_with_index(load).batch(local_rows)
+             .map(transform.finish_batch))
   options = grain.ReadOptions(num_threads=num_threads,
                               prefetch_buffer_size=2 * max(num_threads, 1))
   for batch_number, batch in enumerate(dataset.to_iter_dataset(options)):
@@ -396,12 +418,31 @@ def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
     yield batch
 
 
-def to_device(batch: dict, sharding) -> dict:
-  """Place this process's rows of a global batch on the mesh.
+class BatchPlacement:
+  """Copies this process's rows of batches to the mesh.
 
-  Host-side fields (`id`, `mask`) stay behind.
+  Images travel as uint8, a quarter of the bytes of float32, and are
+  normalised on the devices by a jitted elementwise function, which on a
+  2-core CPU host also took the normalisation off the decoding threads'
+  cores. Host-side fields (`id`, `mask`) stay behind.
   """
-  # JAX infers the global shape from the sharding: each process holds its
-  # own rows, as `process_rows` chose them.
-  return {key: jax.make_array_from_process_local_data(sharding, value)
-          for key, value in batch.items() if key not in ("id", "mask")}
+
+  def __init__(self, sharding, mean, std):
+    self.sharding = sharding
+    scale, offset = preprocessing.normalization(mean, std)
+    self._normalize = jax.jit(
+        lambda images: images.astype(np.float32) * scale + offset,
+        out_shardings=sharding)
+
+  def __call__(self, batch: dict) -> dict:
+    # JAX infers the global shape from the sharding: each process holds its
+    # own rows, as `process_rows` chose them.
+    arrays = {key: jax.make_array_from_process_local_data(self.sharding, value)
+              for key, value in batch.items() if key not in ("id", "mask")}
+    arrays["image"] = self._normalize(arrays["image"])
+    return arrays
+
+
+def batch_placement(config, sharding) -> BatchPlacement:
+  return BatchPlacement(sharding, tuple(config.data.image_mean),
+                        tuple(config.data.image_std))
