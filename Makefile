@@ -11,7 +11,7 @@ DEMO_WORKDIR ?= runs/demo
 DEMO_EXPORT ?= exports/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lock clean
+.PHONY: demo demo-pmc-oa test install lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/shared-encoder-train --config=$(DEMO_CONFIG) --workdir=$(DEMO_WORKDIR)
 	$(BIN)/shared-encoder-export --workdir=$(DEMO_WORKDIR) --output=$(DEMO_EXPORT) --overwrite
+
+# Writes the embedded dataset as a folder in PMC-OA's release layout (once)
+# and trains the small shared config on it through the pmc_oa builder.
+PMC_OA_FOLDER ?= data/pmc_oa_synthetic
+demo-pmc-oa: $(VENV)/.installed
+	test -f $(PMC_OA_FOLDER)/test.jsonl || $(BIN)/python -m shared_encoder_jax.data.pmc_oa_folder --output $(PMC_OA_FOLDER)
+	$(BIN)/shared-encoder-train --config=$(DEMO_CONFIG) --config.data.name=pmc_oa --config.data.manual_dir=$(PMC_OA_FOLDER) --workdir=runs/demo_pmc_oa
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -31,6 +31,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Groups whose fields are not known in advance: they are passed on as they
 # are (here, to the dataset's builder config).
 FREE_FORM_FIELDS = ("data.builder_config",)
+# Builder config fields that several builders have, declared (unset) so that
+# `--config.data.builder_config.FIELD=VALUE` works on the command line.
+BUILDER_CONFIG_FIELDS = ("name", "manifest", "image_dir", "image_key",
+                         "caption_key", "id_key", "reports_dir")
 
 
 class ConfigError(ValueError):
@@ -57,9 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
   # files from here; "" means TFDS's default, <data_dir>/downloads/manual.
   config.data.manual_dir = ""
   # Overrides of the builder config's fields, e.g. {"image_dir": "images"}
-  # for pmc_oa. A "name" here names the variant; without one it is named
-  # "custom-" plus a hash of the overrides. See each builder's module.
+  # for pmc_oa; fields left None are not passed on. A "name" here names the
+  # variant; without one it is named "custom-" plus a hash of the overrides.
+  # See each builder's module for its fields. The fields declared here can
+  # be set from the command line; a config file can add others.
   config.data.builder_config = ml_collections.ConfigDict()
+  for field in BUILDER_CONFIG_FIELDS:
+    config.data.builder_config[field] = ml_collections.config_dict.placeholder(
+        str)
   # Stop a dataset build at the first bad record instead of skipping and
   # counting it in build_report.json.
   config.data.strict = False

@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +233,22 @@ def test_small_config_trains_on_pmc_oa_folder(tmp_path):
   subset = json.loads((tmp_path / "run" / "data_subset.json").read_text())
   assert subset["num_examples"] == 32
   assert subset["split_size"] == 64
+
+
+def test_tfds_build_command_builds_folder(tmp_path):
+  source = tmp_path / "source"
+  for name in "ab":
+    write_png(str(source / f"{name}.png"), COLOURS[name])
+  (source / "list.csv").write_text("file,text\na.png,scan a\nb.png,scan b\n")
+  config = json.dumps({"name": "mine", "manifest": "list.csv",
+                       "image_key": "file", "caption_key": "text"})
+  result = subprocess.run(
+      [sys.executable, "-m", "shared_encoder_jax.data.build",
+       "image_text_folder", "--manual_dir", str(source), "--data_dir",
+       str(tmp_path / "tfds"), "--config", config],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  folder = tmp_path / "tfds" / "image_text_folder" / "mine" / "1.0.0"
+  assert (folder / image_text.REPORT_FILE).exists()
+  assert [path.name for path in folder.glob("*.array_record*")] == [
+      "image_text_folder-train.array_record-00000-of-00001"]

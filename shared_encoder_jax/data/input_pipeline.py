@@ -59,12 +59,14 @@ class DatasetError(ValueError):
 
 
 def _builder_config(builder_cls, data_config):
-  """The builder config named by data.name, changed by data.builder_config."""
+  """Return the builder config named by data.name with data.builder_config."""
   name = data_config.name
   config_name = name.split("/")[1] if "/" in name else None
   overrides = data_config.get("builder_config") or {}
   if isinstance(overrides, ml_collections.ConfigDict):
     overrides = overrides.to_dict()
+  overrides = {key: value for key, value in overrides.items()
+               if value is not None}
   if not overrides:
     return config_name
   if not builder_cls.BUILDER_CONFIGS:
@@ -178,7 +180,7 @@ def read_captions(builder, split: str, caption_key: str, limit: int,
 
 
 def read_ids(builder, split: str, id_key: str) -> list[str]:
-  """The ids of a split's examples, in source order."""
+  """Return the ids of a split's examples, in source order."""
   source = data_source(builder, split, skip_image=True)
   return [_text(source[index][id_key]) for index in range(len(source))]
 
@@ -256,7 +258,7 @@ class ExampleTransform:
             "id": _text(example[self.id_key])}
 
   def padding(self) -> dict:
-    """An all-zero example with the shapes of real ones; id and caption ""."""
+    """Return an all-zero example shaped like real ones, with empty texts."""
     return {"image": np.zeros((self.image_size, self.image_size, 3),
                               np.uint8),
             "caption": "", "id": ""}
@@ -279,7 +281,7 @@ def _decode_stored_image(data: bytes) -> np.ndarray:
 
 def example_transform(config, tokenizer, training: bool = False
                       ) -> ExampleTransform:
-  """The transform for training (with augmentation) or evaluation."""
+  """Build the transform for training (with augmentation) or evaluation."""
   augmentation = None
   if training:
     augment = config.data.augment
@@ -295,7 +297,7 @@ def example_transform(config, tokenizer, training: bool = False
 
 
 def process_rows(sharding, global_batch: int) -> tuple[int, int]:
-  """The rows [start, stop) of a global batch that this process's devices hold.
+  """Return the rows [start, stop) of a global batch on this process's devices.
 
   Raises ValueError if they are not one contiguous block, which happens only
   with a device mesh whose order interleaves processes.
@@ -313,10 +315,12 @@ def process_rows(sharding, global_batch: int) -> tuple[int, int]:
 
 
 class _TrainingOrder:
-  """Maps a process's n-th training example to a source index.
+  """Maps a global batch position to this process's examples.
 
-  Position `j` of this process is row `start + j % L` of global batch
-  `j // L` (L = stop - start rows per process). See the module docstring.
+  Row `r` of global batch `p` in epoch `e = p // steps_per_epoch` is
+  position `k * B + r` of epoch `e`'s permutation (`k = p % steps_per_epoch`,
+  B the global batch size); this process takes rows [start, stop). See the
+  module docstring.
   """
 
   def __init__(self, indices: np.ndarray, batch_size: int, seed: int,
@@ -326,16 +330,30 @@ class _TrainingOrder:
     self.steps_per_epoch = len(indices) // batch_size
     self.permutation = grain.MapDataset.range(len(indices)).seed(
         seed).shuffle()
-    self.start, stop = rows
-    self.local_rows = stop - self.start
+    self.start, self.stop = rows
 
-  def __call__(self, position: int, _) -> tuple[int, int]:
-    """Return (global example number, source index) of local `position`."""
-    batch, row = divmod(position, self.local_rows)
-    epoch, step = divmod(batch, self.steps_per_epoch)
-    within_epoch = step * self.batch_size + self.start + row
-    number = epoch * len(self.indices) + within_epoch
-    return number, int(self.indices[self.permutation[number]])
+  def __call__(self, position: int, _) -> tuple[np.ndarray, np.ndarray]:
+    """Return (global example numbers, source indices) of batch `position`."""
+    epoch, step = divmod(position, self.steps_per_epoch)
+    first = epoch * len(self.indices) + step * self.batch_size
+    numbers = np.arange(first + self.start, first + self.stop)
+    # Grain's shuffle reshuffles for every pass over the data: number n is
+    # position n % len of pass n // len.
+    chosen = [self.indices[self.permutation[int(number)]]
+              for number in numbers]
+    return numbers, np.asarray(chosen, np.int64)
+
+
+def _read(source, indices) -> list:
+  """Read several examples; ArrayRecord sources read them in one call."""
+  indices = [int(index) for index in indices]
+  if hasattr(source, "__getitems__"):
+    return source.__getitems__(indices)
+  return [source[index] for index in indices]
+
+
+def _stack(parts: list[dict]) -> dict:
+  return {key: np.stack([part[key] for part in parts]) for key in parts[0]}
 
 
 def training_dataset(source, transform: ExampleTransform, batch_size: int,
@@ -343,6 +361,9 @@ def training_dataset(source, transform: ExampleTransform, batch_size: int,
                      rows: tuple[int, int] | None = None
                      ) -> grain.MapDataset:
   """Infinite dataset of this process's training batches, by batch position.
+
+  Each element is one batch, read with one batched read and transformed
+  example by example; Grain's threads work on several batches at once.
 
   Args:
     source: random-access source of decoded examples.
@@ -360,21 +381,21 @@ def training_dataset(source, transform: ExampleTransform, batch_size: int,
         f"The training data has {len(indices)} examples, fewer than "
         f"batch_size={batch_size}; lower batch_size or raise "
         "data.data_fraction.")
-  rows = rows or (0, batch_size)
-  order = _TrainingOrder(np.asarray(indices), batch_size, seed, rows)
+  order = _TrainingOrder(np.asarray(indices), batch_size, seed,
+                         rows or (0, batch_size))
 
-  def load(number_and_index):
-    number, index = number_and_index
-    # Seeded by the global example number, so augmentation does not depend
-    # on the number of processes or on where a run resumed.
-    rng = np.random.default_rng([seed, number])
-    return transform(source[index], rng)
+  def load(numbers_and_indices):
+    numbers, source_indices = numbers_and_indices
+    examples = _read(source, source_indices)
+    # Each example's randomness is seeded by its global number, so
+    # augmentation does not depend on the number of processes or on where a
+    # run resumed.
+    parts = [transform(example, np.random.default_rng([seed, int(number)]))
+             for number, example in zip(numbers, examples)]
+    return transform.finish_batch(_stack(parts))
 
-  local_rows = rows[1] - rows[0]
-  return (grain.MapDataset.range(order.steps_per_epoch * local_rows)
-          .repeat().map_with_index(order).map(load)
-          .batch(local_rows, drop_remainder=True)
-          .map(transform.finish_batch))
+  return (grain.MapDataset.range(order.steps_per_epoch).repeat()
+          .map_with_index(order).map(load))
 
 
 def training_batches(dataset: grain.MapDataset, position: int,
@@ -395,27 +416,23 @@ def evaluation_batches(source, transform: ExampleTransform, batch_size: int,
   rows) that is False on the padding after the split's last example.
   """
   num_examples = len(source)
-  rows = rows or (0, batch_size)
-  start, stop = rows
-  local_rows = stop - start
+  start, stop = rows or (0, batch_size)
   num_batches = -(-num_examples // batch_size)
 
-  def load(position, _):
-    batch, row = divmod(position, local_rows)
-    number = batch * batch_size + start + row
-    if number >= num_examples:
-      return transform.padding()
-    return transform(source[number])
+  def load(batch_number, _):
+    numbers = batch_number * batch_size + np.arange(start, stop)
+    real = numbers[numbers < num_examples]
+    parts = [transform(example) for example in _read(source, real)]
+    parts += [transform.padding()] * (len(numbers) - len(real))
+    batch = transform.finish_batch(_stack(parts))
+    batch["mask"] = batch_number * batch_size + np.arange(
+        batch_size) < num_examples
+    return batch
 
-  dataset = (grain.MapDataset.range(num_batches * local_rows)
-             .map_with_index(load).batch(local_rows)
-             .map(transform.finish_batch))
+  dataset = grain.MapDataset.range(num_batches).map_with_index(load)
   options = grain.ReadOptions(num_threads=num_threads,
                               prefetch_buffer_size=2 * max(num_threads, 1))
-  for batch_number, batch in enumerate(dataset.to_iter_dataset(options)):
-    numbers = batch_number * batch_size + np.arange(batch_size)
-    batch["mask"] = numbers < num_examples
-    yield batch
+  yield from dataset.to_iter_dataset(options)
 
 
 class BatchPlacement:
@@ -435,8 +452,8 @@ class BatchPlacement:
         out_shardings=sharding)
 
   def __call__(self, batch: dict) -> dict:
-    # JAX infers the global shape from the sharding: each process holds its
-    # own rows, as `process_rows` chose them.
+    # JAX infers the global shape from the sharding, because each process
+    # passes only its own rows, as `process_rows` chose them.
     arrays = {key: jax.make_array_from_process_local_data(self.sharding, value)
               for key, value in batch.items() if key not in ("id", "mask")}
     arrays["image"] = self._normalize(arrays["image"])
