@@ -7,8 +7,9 @@ takes exactly the arguments of `tfds build` (see `--help`) and imports
 this package's builders first, so no `--imports` is needed. It exists because the
 `tfds` command of tensorflow-datasets 4.9.10 imports apache-beam at start-up
 for its convert_format subcommand and fails without it. The build
-subcommand itself does not need apache-beam. With apache-beam installed, `tfds build
-NAME --imports shared_encoder_jax.data.builders.NAME ...` does the same.
+subcommand itself does not need apache-beam. With apache-beam installed,
+`tfds build NAME --imports shared_encoder_jax.data.builders.NAME ...` does
+the same.
 
 A builder config's fields can be set with a JSON `--config`, e.g.
 `--config '{"name": "strict", "strict": true}'`.
