@@ -154,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True  # training continues while saving
   config.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   config.eval_batch_size = 256
-  config.recall_ks = (1, 5, 10, 200)
+  config.recall_ks = (1, 5, 10, 50, 200)
   return config
 
 

@@ -9,7 +9,7 @@ Groups. `groups[i]` names the group of pair i, for example the dataset's
 `group` feature: identical images share a group, and so do the images of one
 study. With groups, every candidate of the query's own group is a match, in
 both directions, so a caption shared by several images or several captions of
-one image are all correct answers. Let `best` be the highest score among a
+one image all count as hits. Let `best` be the highest score among a
 query's matches and `b` the lowest index of a match that scores `best`. Then
 
   rank = 1 + #{c not in the group : score(c) > best}
@@ -22,6 +22,8 @@ pair is its own group, which gives the ranks above.
 
 from __future__ import annotations
 
+import fractions
+import math
 from typing import Sequence
 
 import numpy as np
@@ -72,16 +74,16 @@ def chance_recall(group_sizes: np.ndarray, num_candidates: int,
                   k: int) -> float:
   """Mean recall@k of a ranking in uniformly random order.
 
-  A query whose group has m of the `num_candidates` candidates misses all of
-  them in the top k with probability C(n - m, k) / C(n, k).
+  A query whose group has m of the n = `num_candidates` candidates misses
+  all of them in the top k with probability C(n - m, k) / C(n, k). This is
+  computed as an exact fraction, so a group of one gives exactly k / n.
   """
   sizes, counts = np.unique(np.asarray(group_sizes), return_counts=True)
-  total = 0.0
-  for size, count in zip(sizes, counts):
-    steps = np.arange(k)
-    miss = np.prod(np.clip(num_candidates - size - steps, 0, None) /
-                   (num_candidates - steps))
-    total += count * (1.0 - miss)
+  total = fractions.Fraction(0)
+  for size, count in zip(sizes.tolist(), counts.tolist()):
+    miss = fractions.Fraction(math.comb(num_candidates - size, k),
+                              math.comb(num_candidates, k))
+    total += count * (1 - miss)
   return float(total / len(group_sizes))
 
 
@@ -100,7 +102,13 @@ def retrieval_metrics(image_embeddings: np.ndarray,
   """
   image = np.asarray(loss_lib.l2_normalize(image_embeddings))
   text = np.asarray(loss_lib.l2_normalize(text_embeddings))
-  similarity = image @ text.T
+  return similarity_retrieval_metrics(image @ text.T, ks, groups)
+
+
+def similarity_retrieval_metrics(similarity: np.ndarray, ks: Sequence[int],
+                                 groups: Sequence | np.ndarray | None = None
+                                 ) -> dict:
+  """`retrieval_metrics` of an image-by-text similarity matrix."""
   num_pairs = len(similarity)
   results = {"num_pairs": num_pairs, "chance": {}}
   clipped = sorted({min(k, num_pairs) for k in ks})
@@ -117,9 +125,9 @@ def retrieval_metrics(image_embeddings: np.ndarray,
                                 return_counts=True)
     group_sizes = sizes[codes.reshape(-1)]
     results["num_groups"] = len(sizes)
-    results["chance"] = {f"recall@{k}": chance_recall(group_sizes, num_pairs,
-                                                      k)
-                         for k in clipped}
+    results["chance"] = {
+        f"recall@{k}": chance_recall(group_sizes, num_pairs, k)
+        for k in clipped}
   return results
 
 

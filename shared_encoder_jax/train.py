@@ -117,7 +117,11 @@ def log_parameter_counts(params) -> dict:
 
 
 class Evaluator:
-  """Embeds whole splits with the current parameters and scores retrieval."""
+  """Embeds whole splits with the current parameters and scores retrieval.
+
+  A retrieved item is a hit when it is in the query's group (the dataset's
+  `group` feature, when it has one: identical images, or a study's images).
+  """
 
   def __init__(self, config, builder, transform, model, mesh):
     self.config = config
@@ -125,6 +129,7 @@ class Evaluator:
     self.transform = transform
     self.mesh = mesh
     self.embed_step = train_step_lib.make_embed_step(model, mesh)
+    self._groups = {}
 
   def __call__(self, params, split: str) -> dict:
     source = input_pipeline.data_source(self.builder, split, skip_image=True)
@@ -136,8 +141,12 @@ class Evaluator:
     image_emb, text_emb, logit_scale = evaluation.embed_batches(
         self.embed_step, params, batches,
         input_pipeline.batch_placement(self.config, sharding))
-    metrics = evaluation.retrieval_metrics(image_emb, text_emb,
-                                           self.config.recall_ks)
+    if split not in self._groups:
+      self._groups[split] = (evaluation.read_groups(source)
+                             if "group" in self.builder.info.features
+                             else None)
+    metrics = evaluation.retrieval_metrics(
+        image_emb, text_emb, self.config.recall_ks, self._groups[split])
     logit_bias = params.get("logit_bias")
     if logit_bias is not None:
       logit_bias = float(jax.device_get(logit_bias))

@@ -179,7 +179,10 @@ def test_nonfinite_loss_stops_without_checkpoint(synthetic_data_dir, tmp_path,
   def poison_eighth_batch(*args):
     for number, batch in enumerate(training_batches(*args), start=1):
       if number == 8:
-        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        # Images travel as uint8, which has no NaN; a float batch is
+        # normalised on the devices all the same.
+        batch = dict(batch, image=np.full(batch["image"].shape, np.nan,
+                                          np.float32))
       yield batch
 
   monkeypatch.setattr(input_pipeline, "training_batches", poison_eighth_batch)

@@ -11,12 +11,15 @@ from shared_encoder_jax import bundle
 from shared_encoder_jax import checkpointing
 from shared_encoder_jax import config
 from shared_encoder_jax import distributed
+from shared_encoder_jax import evaluators
 from shared_encoder_jax import tokenizer
 from shared_encoder_jax.data import input_pipeline
+from shared_encoder_jax.data.builders import image_text
 
 USER_ERRORS = (config.ConfigError, checkpointing.NonFiniteError,
                bundle.BundleError, tokenizer.TokenizerError,
-               input_pipeline.DatasetError,
+               input_pipeline.DatasetError, image_text.ManifestError,
+               image_text.BadInputError, evaluators.EvaluationError,
                distributed.DistributedSettingsError, FileNotFoundError,
                FileExistsError)
 
