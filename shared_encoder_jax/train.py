@@ -52,9 +52,13 @@ RESUME_INVARIANT_FIELDS = ("model", "tokenizer", "data.name",
                            "batch_size")
 
 
-def load_or_train_tokenizer(config, builder, workdir: str
-                            ) -> tokenizer_lib.Tokenizer:
-  """Load the workdir's tokenizer, else the configured file, else train one."""
+def load_or_train_tokenizer(config, builder, workdir: str,
+                            train_indices=None) -> tokenizer_lib.Tokenizer:
+  """Load the workdir's tokenizer, else the configured file, else train one.
+
+  A trained tokenizer sees only the training examples the run uses
+  (`train_indices`, all of the split if None).
+  """
   context = config.model.text_context
   path = epath.Path(workdir) / TOKENIZER_FILE
   if path.exists():
@@ -67,7 +71,8 @@ def load_or_train_tokenizer(config, builder, workdir: str
   else:
     captions = input_pipeline.read_captions(
         builder, config.data.train_split, config.data.caption_key,
-        config.tokenizer.max_training_captions, config.data.shuffle_seed)
+        config.tokenizer.max_training_captions, config.data.shuffle_seed,
+        train_indices)
     logging.info("Training a SentencePiece tokenizer (vocab_size <= %d) on "
                  "%d training captions.", config.tokenizer.vocab_size,
                  len(captions))
@@ -274,12 +279,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "dataset", lambda: input_pipeline.load_builder(config.data))
   train_source = input_pipeline.data_source(
       builder, config.data.train_split, skip_image=True)
+  train_indices = select_training_subset(config, builder, workdir, primary)
   tokenizer = _primary_first(
-      "tokenizer", lambda: load_or_train_tokenizer(config, builder, workdir))
+      "tokenizer", lambda: load_or_train_tokenizer(config, builder, workdir,
+                                                   train_indices))
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
                                 tokenizer.eos_id)
 
-  train_indices = select_training_subset(config, builder, workdir, primary)
   steps_per_epoch = len(train_indices) // config.batch_size
   total_steps = config.total_steps
   if total_steps == -1:

@@ -169,10 +169,14 @@ def data_source(builder, split: str, skip_image: bool = False):
 
 
 def read_captions(builder, split: str, caption_key: str, limit: int,
-                  seed: int) -> list[str]:
-  """Up to `limit` captions of a split, a seeded random subset if larger."""
+                  seed: int, indices: np.ndarray | None = None) -> list[str]:
+  """Return up to `limit` captions of a split's `indices` (default: all).
+
+  When there are more, a random subset seeded by `seed` is returned.
+  """
   source = data_source(builder, split, skip_image=True)
-  indices = np.arange(len(source))
+  if indices is None:
+    indices = np.arange(len(source))
   if len(indices) > limit:
     indices = np.sort(np.random.default_rng(seed).choice(
         indices, limit, replace=False))
