@@ -19,7 +19,8 @@ from shared_encoder_jax.data.builders import image_text
 USER_ERRORS = (config.ConfigError, checkpointing.NonFiniteError,
                bundle.BundleError, tokenizer.TokenizerError,
                input_pipeline.DatasetError, image_text.ManifestError,
-               image_text.BadInputError, evaluators.EvaluationError,
+               image_text.BadInputError, image_text.BuilderConfigError,
+               evaluators.EvaluationError,
                distributed.DistributedSettingsError, FileNotFoundError,
                FileExistsError)
 

@@ -86,7 +86,7 @@ class DeepEyeNet(image_text.ImageTextBuilder):
   def _split_records(self, root: epath.Path):
     config = self.builder_config
     if config.caption_source not in CAPTION_SOURCES:
-      raise ValueError(
+      raise image_text.BuilderConfigError(
           f"caption_source={config.caption_source!r} in the builder config "
           f"is invalid; use one of {CAPTION_SOURCES}.")
     manifests = {}

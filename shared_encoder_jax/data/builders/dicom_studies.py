@@ -150,20 +150,23 @@ class DicomStudies(image_text.ImageTextBuilder):
   def _check_config(self) -> None:
     config = self.builder_config
     if config.caption_source not in CAPTION_SOURCES:
-      raise ValueError(f"caption_source={config.caption_source!r} in the "
-                       f"builder config is invalid; use one of "
-                       f"{list(CAPTION_SOURCES)}.")
+      raise image_text.BuilderConfigError(
+          f"caption_source={config.caption_source!r} in the "
+          f"builder config is invalid; use one of "
+          f"{list(CAPTION_SOURCES)}.")
     invalid = [extension for extension in config.extensions
                if extension and not extension.startswith(".")]
     if invalid:
-      raise ValueError(f"extensions={config.extensions!r} in the builder "
-                       f"config has {invalid} without the leading dot; write "
-                       "them as '.dcm', or '' for files without one.")
+      raise image_text.BuilderConfigError(
+          f"extensions={config.extensions!r} in the builder "
+          f"config has {invalid} without the leading dot; write "
+          "them as '.dcm', or '' for files without one.")
     frame = config.frame
     if not (frame in ("middle", "first") or (
         isinstance(frame, int) and not isinstance(frame, bool))):
-      raise ValueError(f"frame={frame!r} in the builder config is invalid; "
-                       "use 'middle', 'first' or a frame index.")
+      raise image_text.BuilderConfigError(
+          f"frame={frame!r} in the builder config is invalid; "
+          "use 'middle', 'first' or a frame index.")
 
   # -- Listing --------------------------------------------------------------
 

@@ -16,11 +16,11 @@ plus the dataset's own features. Images are decoded with
 `image_decoding.decode_image`, so every encoding ends up in one layout, and
 images whose shorter side exceeds `max_image_side` are downscaled once here.
 
-Bad input never stops a build and is never replaced by something else: a
+Bad input never stops a build and is never replaced by something else. A
 record with a missing, undecodable or truncated image, an empty caption,
-invalid UTF-8, a duplicate id or a malformed manifest row is skipped, counted
-by kind and listed with its file and line in `build_report.json` beside the
-dataset files, and a one-line summary per split is logged. With
+invalid UTF-8, a duplicate id or a malformed manifest row is skipped and
+counted by kind. `build_report.json` beside the dataset files lists each one
+with its file and line, and a one-line summary per split is logged. With
 `strict=True` the first such record raises `BadInputError` instead and
 nothing is written. A manifest that is missing, empty or lacks required
 columns always raises `ManifestError`.
@@ -73,6 +73,20 @@ class ManifestError(ValueError):
 
 class BadInputError(ValueError):
   """A bad record in a build with `strict=True`."""
+
+
+class BuilderConfigError(ValueError):
+  """A builder config field has an invalid value."""
+
+
+def check_subsets(subsets, choices: Sequence[str]) -> tuple[str, ...]:
+  """Return `subsets` as a tuple; raise if empty or not all in `choices`."""
+  subsets = tuple(subsets)
+  if not subsets or any(subset not in choices for subset in subsets):
+    raise BuilderConfigError(
+        f"subsets={subsets!r} in the builder config is invalid; choose one "
+        f"or more of {tuple(choices)}.")
+  return subsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +205,9 @@ class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     if config.image_format not in ("png", "jpeg"):
-      raise ValueError(f"image_format={config.image_format!r} in the builder "
-                       "config is invalid; use 'png' or 'jpeg'.")
+      raise BuilderConfigError(
+          f"image_format={config.image_format!r} in the builder "
+          "config is invalid; use 'png' or 'jpeg'.")
     features = {
         "id": tfds.features.Text(doc="The record's id in the source data."),
         "image": tfds.features.Image(
@@ -434,7 +449,7 @@ def _jsonl_rows(path, text: str, columns):
       yield Problem(MALFORMED_ROW, origin, f"invalid JSON: {error.msg}")
       continue
     if not checked_header and isinstance(row, dict):
-      # The first object stands in for a header: a wrong column name fails
+      # The first object serves as the header, so a wrong column name fails
       # the whole manifest instead of skipping every row.
       if any(column not in row for column in columns):
         raise _missing_columns_error(path, columns, row.keys())
@@ -449,7 +464,7 @@ def _json_rows(path, text: str, columns):
     raise ManifestError(f"Manifest {path} is not valid JSON: {error}. "
                         "Expected a list of objects.") from None
   if not isinstance(rows, list):
-    raise ManifestError(f"Manifest {path} holds a {type(rows).__name__}; "
+    raise ManifestError(f"Manifest {path} contains a {type(rows).__name__}; "
                         "expected a list of objects.")
   if not rows:
     raise ManifestError(f"Manifest {path} is an empty list.")
@@ -494,7 +509,7 @@ def read_text(path: str | os.PathLike) -> bytes:
 
 
 def resolve_image(root: epath.Path, folder: str, name: str) -> epath.Path:
-  """The path of image `name`, relative to `root/folder` unless absolute."""
+  """Return the path of image `name`: absolute, or under `root/folder`."""
   path = epath.Path(name)
   if path.is_absolute():
     return path

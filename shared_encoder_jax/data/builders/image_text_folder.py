@@ -38,7 +38,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclasses.dataclass
 class ImageTextFolderConfig(image_text.ImageTextConfig):
-  """Where the manifest is and what its columns are called."""
+  """Manifest location and column names of a folder dataset."""
   manifest: str = "manifest.jsonl"
   image_dir: str = ""
   image_key: str = "image"

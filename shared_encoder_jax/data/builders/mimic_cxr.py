@@ -193,26 +193,30 @@ class MimicCxr(image_text.ImageTextBuilder):
     config = self.builder_config
     if not config.sections or not all(
         isinstance(name, str) and name.strip() for name in config.sections):
-      raise ValueError(f"sections={config.sections!r} in the builder config "
-                       "must name at least one report section, e.g. "
-                       "('findings', 'impression').")
+      raise image_text.BuilderConfigError(
+          f"sections={config.sections!r} in the builder config "
+          "must name at least one report section, e.g. "
+          "('findings', 'impression').")
     if config.max_caption_chars < 0:
-      raise ValueError(f"max_caption_chars={config.max_caption_chars} in the "
-                       "builder config is negative; use 0 for no limit.")
+      raise image_text.BuilderConfigError(
+          f"max_caption_chars={config.max_caption_chars} in the "
+          "builder config is negative; use 0 for no limit.")
     if config.layout == "jpg":
       return _JpgLayout(root, config).split_records()
     if config.layout == "csv":
       return self._csv_split_records(root)
-    raise ValueError(f"layout={config.layout!r} in the builder config is "
-                     "invalid; use 'jpg' or 'csv'.")
+    raise image_text.BuilderConfigError(
+        f"layout={config.layout!r} in the builder config is "
+        "invalid; use 'jpg' or 'csv'.")
 
   # -- The pre-made CSVs ----------------------------------------------------
 
   def _csv_split_records(self, root: epath.Path):
     config = self.builder_config
     if config.csv_variant not in CSV_VARIANTS:
-      raise ValueError(f"csv_variant={config.csv_variant!r} in the builder "
-                       f"config is invalid; use one of {list(CSV_VARIANTS)}.")
+      raise image_text.BuilderConfigError(
+          f"csv_variant={config.csv_variant!r} in the builder "
+          f"config is invalid; use one of {list(CSV_VARIANTS)}.")
     manifests = {}
     for source_split in SOURCE_SPLITS:
       path = root / CSV_FILE.format(variant=config.csv_variant,

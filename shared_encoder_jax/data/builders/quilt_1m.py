@@ -79,10 +79,7 @@ class Quilt1M(image_text.ImageTextBuilder):
 
   def _split_records(self, root: epath.Path):
     config = self.builder_config
-    subsets = tuple(config.subsets)
-    if not subsets or any(subset not in SUBSETS for subset in subsets):
-      raise ValueError(f"subsets={subsets!r} in the builder config is "
-                       f"invalid; choose one or more of {SUBSETS}.")
+    subsets = image_text.check_subsets(config.subsets, SUBSETS)
     manifest = root / config.manifest
     if not manifest.exists():
       raise image_text.ManifestError(

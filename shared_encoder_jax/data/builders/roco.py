@@ -119,10 +119,7 @@ class Roco(image_text.ImageTextBuilder):
 
   def _split_records(self, root: epath.Path):
     config = self.builder_config
-    subsets = tuple(config.subsets)
-    if not subsets or any(subset not in SUBSETS for subset in subsets):
-      raise ValueError(f"subsets={subsets!r} in the builder config is "
-                       f"invalid; choose one or more of {SUBSETS}.")
+    subsets = image_text.check_subsets(config.subsets, SUBSETS)
     data = root / "data" if (root / "data").is_dir() else root
     # Find every file now, so that a missing one fails before any split
     # is written.
