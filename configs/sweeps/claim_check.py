@@ -4,10 +4,11 @@
   .venv/bin/python launch/sweep.py report configs/sweeps/claim_check.py \\
       --output=docs/claim_check
 
-Three variants (separate encoders, a shared encoder with a modality feature,
-a shared encoder with a modality token) x four data fractions of the embedded
-dataset's 20,000 training pairs x three init seeds: 36 runs of the "small"
-model size (image 64, patch 16, width 128, 4 layers). Every run has the same
+The grid is three variants x four data fractions of the embedded dataset's
+20,000 training pairs x three init seeds, 36 runs in all. The variants are
+separate encoders, a shared encoder with a modality feature and a shared
+encoder with a modality token, all of the "small" model size (image 64,
+patch 16, width 128, 4 layers). Every run has the same
 budget of 1,200 steps of batch 64 and stops early after 3 validations (300
 steps) without a lower validation loss. `data.fraction_seed` and
 `data.shuffle_seed` are left at 0, so every variant and seed at a fraction
