@@ -430,7 +430,7 @@ def resolve_config(base_config: str, overrides: Mapping[str, Any],
 
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
-  """A run's state, read from the files in its workdir."""
+  """State of a run, read from the files in its workdir."""
   state: str  # STATE_DONE, STATE_PARTIAL or STATE_NEW
   test_step: int | None = None  # step of the newest test result
   checkpoint_step: int | None = None  # newest checkpoint

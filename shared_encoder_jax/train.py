@@ -56,7 +56,7 @@ def load_or_train_tokenizer(config, builder, workdir: str,
                             train_indices=None) -> tokenizer_lib.Tokenizer:
   """Load the workdir's tokenizer, else the configured file, else train one.
 
-  A trained tokenizer sees only the training examples the run uses
+  A trained tokenizer is trained only on the examples the run uses
   (`train_indices`, all of the split if None).
   """
   context = config.model.text_context

@@ -23,22 +23,14 @@ import simple_parsing
 from absl import logging
 from tensorflow_datasets.scripts.cli import build as tfds_build
 
-BUILDER_MODULES = (
-    "shared_encoder_jax.data.synthetic_radiology_builder",
-    "shared_encoder_jax.data.builders.image_text_folder",
-    "shared_encoder_jax.data.builders.pmc_oa",
-    "shared_encoder_jax.data.builders.roco",
-    "shared_encoder_jax.data.builders.mimic_cxr",
-    "shared_encoder_jax.data.builders.quilt_1m",
-    "shared_encoder_jax.data.builders.deepeyenet",
-    "shared_encoder_jax.data.builders.dicom_studies",
-)
+from shared_encoder_jax.data.builders import BUILDER_MODULES
 
 
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not any(arg.startswith("--imports") for arg in argv):
-    argv += ["--imports", ",".join(BUILDER_MODULES)]
+    modules = sorted(set(BUILDER_MODULES.values()))
+    argv += ["--imports", ",".join(modules)]
   args = simple_parsing.parse(
       tfds_build.Args, args=argv, prog="shared-encoder-build-dataset",
       description=__doc__.splitlines()[0])

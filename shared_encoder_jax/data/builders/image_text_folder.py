@@ -1,6 +1,6 @@
 """TFDS builder for a user's own folder of images with a caption manifest.
 
-The manual directory holds a manifest and the images:
+The manual directory contains a manifest and the images:
 
     my_dataset/
       manifest.jsonl     {"image": "images/0001.png", "caption": "...",
