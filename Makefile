@@ -11,7 +11,7 @@ DEMO_WORKDIR ?= runs/demo
 DEMO_EXPORT ?= exports/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-pmc-oa test install lock clean
+.PHONY: demo demo-pmc-oa test install lock clean openclip-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,16 @@ test: $(VENV)/.installed-test
 lock: $(VENV)/.installed-test
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^shared-encoder-jax' > $(CONSTRAINTS)
 
+# OpenCLIP and PyTorch for benchmarks/openclip_anchor.py, in their own
+# environment: never in .venv, never in CI. This torch and torchvision pair
+# imports together on x86_64 Linux.
+OPENCLIP_VENV ?= .venv-openclip
+openclip-env: $(OPENCLIP_VENV)/.installed
+
+$(OPENCLIP_VENV)/.installed:
+	$(PYTHON) -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0
+	touch $@
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OPENCLIP_VENV) *.egg-info .pytest_cache

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
-# Transformer sizes by name. "paper" is ViT-B/16 with a 77-token text context
-# and a 512-dimensional joint space. The small variants train on a laptop CPU
-# within minutes.
-MODEL_SIZES = {
-    "paper": dict(image_size=224, patch_size=16, width=768, depth=12,
-                  num_heads=12, mlp_dim=3072, text_context=77, embed_dim=512),
-    "small": dict(image_size=64, patch_size=16, width=128, depth=4,
-                  num_heads=4, mlp_dim=512, text_context=32, embed_dim=128),
-    "tiny": dict(image_size=32, patch_size=8, width=32, depth=2,
-                 num_heads=2, mlp_dim=64, text_context=16, embed_dim=16),
-}
+from shared_encoder_jax.errors import ConfigError
+from shared_encoder_jax.model_sizes import MODEL_SIZES
 
 MODALITY_MODES = ("feature", "token", "none")
 
@@ -35,10 +26,6 @@ FREE_FORM_FIELDS = ("data.builder_config",)
 # `--config.data.builder_config.FIELD=VALUE` works on the command line.
 BUILDER_CONFIG_FIELDS = ("name", "manifest", "image_dir", "image_key",
                          "caption_key", "id_key", "reports_dir")
-
-
-class ConfigError(ValueError):
-  """A config field has an invalid value or an impossible combination."""
 
 
 def base_config() -> ml_collections.ConfigDict:

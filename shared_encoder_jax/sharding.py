@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from shared_encoder_jax import config as config_lib
+from shared_encoder_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -60,7 +60,7 @@ PARAMETER_AXES = (
 )
 
 
-class MeshError(config_lib.ConfigError):
+class MeshError(ConfigError):
   """The mesh sizes in the config do not fit the available devices."""
 
 

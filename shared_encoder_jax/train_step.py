@@ -160,22 +160,26 @@ def _train_step(state: TrainState, batch, *, model, tx, schedule, mesh,
     loss, logit_scale, grads = _loss_and_grads(
         state.params, batch, model=model, mesh=mesh,
         contrastive_loss=contrastive_loss)
-  grad_norm = optax.global_norm(grads)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-
   step = state.step + 1
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  apply = finite & (state.nonfinite_step < 0)
-  keep_if_not_applied = lambda new, old: jnp.where(apply, new, old)
+  with jax.named_scope("optimizer"):
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    apply = finite & (state.nonfinite_step < 0)
+
+    def update(params, opt_state):
+      updates, new_opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_opt_state
+
+    # A conditional, not a select over every leaf: skipping costs nothing
+    # and applying writes each parameter and moment once.
+    new_params, new_opt_state = jax.lax.cond(
+        apply, update, lambda params, opt_state: (params, opt_state),
+        state.params, state.opt_state)
   nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, step,
                              state.nonfinite_step)
-  new_state = state.replace(
-      step=step,
-      params=jax.tree.map(keep_if_not_applied, new_params, state.params),
-      opt_state=jax.tree.map(keep_if_not_applied, new_opt_state,
-                             state.opt_state),
-      nonfinite_step=nonfinite_step)
+  new_state = state.replace(step=step, params=new_params,
+                            opt_state=new_opt_state,
+                            nonfinite_step=nonfinite_step)
   metrics = {"loss": loss, "grad_norm": grad_norm, "logit_scale": logit_scale,
              "learning_rate": schedule(state.step)}
   return new_state, metrics
