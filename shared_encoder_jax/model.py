@@ -96,56 +96,66 @@ class HeadsDense(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention; causal when `causal` is set.
+  """Multi-head self-attention over one or more sequences per example.
 
-  Takes and returns (rows, width), rows = batch * length, so that every
-  projection is a 2-D matmul.
+  `x` is (rows, width) with rows = batch × total length: each example's
+  tokens of every segment (length, causal) of `segments`, one segment after
+  the other. The projections run once over all rows as 2-D matmuls;
+  attention runs per segment, causal where it says so.
   """
   num_heads: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, length: int, causal: bool = False):
+  def __call__(self, x, segments):
     rows, width = x.shape
     heads = (self.num_heads, width // self.num_heads)
+    total = sum(length for length, _ in segments)
+    batch = rows // total
 
     def project(name):
       y = HeadsDense((width,) + heads, "in", dtype=self.dtype, name=name)(x)
-      y = y.reshape(rows // length, length, *heads)
-      y = nn.with_logical_constraint(
-          y, ("batch", "length", "heads", "head_dim"))
-      return y.transpose(0, 2, 1, 3)
+      return y.reshape(batch, total, *heads)
 
     query, key, value = project("query"), project("key"), project("value")
-    with jax.named_scope("core"):
-      y = attention(query, key, value, causal)
-    y = y.transpose(0, 2, 1, 3).reshape(rows, *heads)
+    outputs, start = [], 0
+    for length, causal in segments:
+      def heads_major(t):
+        t = nn.with_logical_constraint(
+            t[:, start:start + length],
+            ("batch", "length", "heads", "head_dim"))
+        return t.transpose(0, 2, 1, 3)
+
+      with jax.named_scope("core"):
+        y = attention(heads_major(query), heads_major(key),
+                      heads_major(value), causal)
+      outputs.append(y.transpose(0, 2, 1, 3))
+      start += length
+    y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     return HeadsDense(heads + (width,), "out", dtype=self.dtype,
-                      name="out")(y)
+                      name="out")(y.reshape(rows, *heads))
 
 
 class EncoderBlock(nn.Module):
   """Pre-LN Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-  Works on (batch, length, width) sequences flattened to (rows, width): the
-  dense layers then are plain 2-D matmuls, whose weight gradients contract
-  one axis instead of two (much faster on CPU).
+  Works on (rows, width) arrays holding the sequences of `segments` (see
+  `SelfAttention`): the dense layers are then plain 2-D matmuls, whose
+  weight gradients contract one axis instead of two (several times faster
+  on CPU), and a shared block can take both modalities in one call.
   """
   num_heads: int
   mlp_dim: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, causal: bool = False):
-    batch, length, width = x.shape
-    x = x.reshape(batch * length, width)
+  def __call__(self, x, segments):
     y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
     x = x + SelfAttention(self.num_heads, dtype=self.dtype,
-                          name="attention")(y, length, causal)
+                          name="attention")(y, segments)
     y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
-    x = x.reshape(batch, length, width)
-    return nn.with_logical_constraint(x, ("batch", "length", "activation"))
+    return nn.with_logical_constraint(x, ("batch", "activation"))
 
 
 class SharedEncoderCLIP(nn.Module):
@@ -175,6 +185,10 @@ class SharedEncoderCLIP(nn.Module):
   use_logit_bias: bool = False
   logit_bias_init: float = 0.0
   remat: str = "none"
+  # How shared layers run when both modalities are embedded together (the
+  # train step); it changes speed, not results, so it is not one of the
+  # CONFIG_FIELDS (see `config.joint_shared_layers` and `__call__`).
+  joint_shared_layers: bool = False
 
   @property
   def num_patches(self) -> int:
@@ -196,7 +210,8 @@ class SharedEncoderCLIP(nn.Module):
     if self.remat != "none":
       policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
                 if self.remat == "dots" else None)
-      # Argument 2 (`causal`, after self and x) picks the mask at trace time.
+      # Argument 2 (`segments`, after self and x) is static: the shapes and
+      # masks of the sequences.
       block_class = nn.remat(EncoderBlock, policy=policy, static_argnums=(2,))
     block = lambda: block_class(self.num_heads, self.mlp_dim, dtype=dtype)
     shared = set(self.shared_layers)
@@ -252,12 +267,11 @@ class SharedEncoderCLIP(nn.Module):
       self.logit_bias = self.param(
           "logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
-  def _blocks(self, modality: str):
-    per_modality = self.image_blocks if modality == "image" else self.text_blocks
-    for i in range(self.depth):
-      key = str(i)
-      yield self.shared_blocks[key] if key in self.shared_blocks else (
-          per_modality[key])
+  def _block(self, i: int, modality: str):
+    key = str(i)
+    if key in self.shared_blocks:
+      return self.shared_blocks[key]
+    return (self.image_blocks if modality == "image" else self.text_blocks)[key]
 
   def _add_feature(self, x, vector):
     """Concatenate the modality feature vector to every token of `x`."""
@@ -265,8 +279,8 @@ class SharedEncoderCLIP(nn.Module):
                                x.shape[:-1] + vector.shape)
     return jnp.concatenate([x, feature], axis=-1)
 
-  def encode_image(self, images):
-    """Embed images of shape (batch, size, size, channels) into the joint space."""
+  def _image_tokens(self, images):
+    """Patch, class and modality tokens of images, before the blocks."""
     dtype = _DTYPES[self.dtype]
     x = self.patch_embedding(images.astype(dtype))
     batch = x.shape[0]
@@ -281,15 +295,10 @@ class SharedEncoderCLIP(nn.Module):
                                     (batch,) + self.image_modality_embedding.shape))
     x = jnp.concatenate(parts + [x], axis=1)
     x = x + self.image_position_embedding.astype(dtype)
-    x = self.image_pre_norm(x)
+    return self.image_pre_norm(x)
 
-    for block in self._blocks("image"):
-      x = block(x, False)
-    pooled = self.image_final_norm(x[:, 0])
-    return self.image_projection(pooled)
-
-  def encode_text(self, tokens):
-    """Embed token ids of shape (batch, text_context) into the joint space.
+  def _text_tokens(self, tokens):
+    """Token embeddings before the blocks, and each row's pooling position.
 
     The sequence is pooled at the first end-of-text token, found by its
     position in `tokens`; every row must contain `eot_id`.
@@ -307,12 +316,32 @@ class SharedEncoderCLIP(nn.Module):
       x = jnp.concatenate([x[:, :1], modality_tokens, x[:, 1:]], axis=1)
       eot_position = eot_position + self.num_modality_tokens
     x = x + self.text_position_embedding.astype(dtype)
+    return x, eot_position
 
-    for block in self._blocks("text"):
-      x = block(x, True)
+  def _pool_image(self, x):
+    return self.image_projection(self.image_final_norm(x[:, 0]))
+
+  def _pool_text(self, x, eot_position):
     pooled = x[jnp.arange(x.shape[0]), eot_position]
-    pooled = self.text_final_norm(pooled)
-    return self.text_projection(pooled)
+    return self.text_projection(self.text_final_norm(pooled))
+
+  def _run_blocks(self, x, modality: str):
+    batch, length, width = x.shape
+    segments = ((length, modality == "text"),)
+    x = x.reshape(batch * length, width)
+    for i in range(self.depth):
+      x = self._block(i, modality)(x, segments)
+    return x.reshape(batch, length, width)
+
+  def encode_image(self, images):
+    """Embed images of shape (batch, size, size, channels) into the joint space."""
+    return self._pool_image(self._run_blocks(self._image_tokens(images),
+                                             "image"))
+
+  def encode_text(self, tokens):
+    """Embed token ids of shape (batch, text_context) into the joint space."""
+    x, eot_position = self._text_tokens(tokens)
+    return self._pool_text(self._run_blocks(x, "text"), eot_position)
 
   def clamped_logit_scale(self):
     """exp(logit_scale), clamped at `logit_scale_max`, in float32."""
@@ -320,8 +349,45 @@ class SharedEncoderCLIP(nn.Module):
                        self.logit_scale_max)
 
   def __call__(self, images, tokens):
-    """Return (image embeddings, text embeddings, logit scale)."""
-    return (self.encode_image(images), self.encode_text(tokens),
+    """Return (image embeddings, text embeddings, logit scale).
+
+    With `joint_shared_layers`, a shared layer takes the image and text rows
+    in one call: one matmul per projection over both modalities' tokens
+    (whose weight gradient then needs no separate sum), attention still per
+    modality. The result is that of `encode_image` and `encode_text` up to
+    float rounding.
+    """
+    if not (self.joint_shared_layers and self.shared_blocks and
+            images.shape[0] == tokens.shape[0]):
+      return (self.encode_image(images), self.encode_text(tokens),
+              self.clamped_logit_scale())
+    image, (text, eot_position) = (self._image_tokens(images),
+                                   self._text_tokens(tokens))
+    batch, image_length, _ = image.shape
+    text_length = text.shape[1]
+    segments = ((image_length, False), (text_length, True))
+    # Each example's image tokens, then its text tokens: the rows stay in
+    # batch order, so the batch sharding of the mesh still applies.
+    joint = None
+    for i in range(self.depth):
+      if str(i) in self.shared_blocks:
+        if joint is None:
+          joint = jnp.concatenate([image, text], axis=1).reshape(
+              -1, self.width)
+        joint = self.shared_blocks[str(i)](joint, segments)
+        continue
+      if joint is not None:
+        joint = joint.reshape(batch, -1, self.width)
+        image, text, joint = (joint[:, :image_length],
+                              joint[:, image_length:], None)
+      image = self.image_blocks[str(i)](
+          image.reshape(-1, self.width), segments[:1]).reshape(image.shape)
+      text = self.text_blocks[str(i)](
+          text.reshape(-1, self.width), segments[1:]).reshape(text.shape)
+    if joint is not None:
+      joint = joint.reshape(batch, -1, self.width)
+      image, text = joint[:, :image_length], joint[:, image_length:]
+    return (self._pool_image(image), self._pool_text(text, eot_position),
             self.clamped_logit_scale())
 
 

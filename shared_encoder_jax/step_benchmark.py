@@ -107,6 +107,7 @@ class Step:
   batch_size: int
   compile_seconds: float
   lower_seconds: float
+  num_devices: int
 
   def run(self, count: int) -> list[float]:
     """Run `count` steps; return the wall time of each, synchronised."""
@@ -141,7 +142,7 @@ def build_step(setup: str, variant: str, *, batch_size: int | None = None,
   done = time.perf_counter()
   return Step(model=model, compiled=compiled, state=state, batch=batch,
               batch_size=batch_size, compile_seconds=done - lowered_at,
-              lower_seconds=lowered_at - start)
+              lower_seconds=lowered_at - start, num_devices=mesh.size)
 
 
 def _tower_forward_flops(tokens: int, width: int, mlp_dim: int,
@@ -185,7 +186,11 @@ def analytic_flops(model, batch_size: int) -> dict[str, int]:
 
 
 def xla_flops(step: Step) -> float | None:
-  """XLA's own FLOP count of the compiled step, where the backend has one."""
+  """XLA's own FLOP count of the compiled step, where the backend has one.
+
+  XLA counts the program of one device; every device runs it on its part
+  of the batch, so the step's count is that times the device count.
+  """
   try:
     analysis = step.compiled.cost_analysis()
   except Exception:  # Not every backend implements it.
@@ -193,7 +198,7 @@ def xla_flops(step: Step) -> float | None:
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   flops = (analysis or {}).get("flops")
-  return float(flops) if flops else None
+  return float(flops) * step.num_devices if flops else None
 
 
 def model_matmul_shapes(model, batch_size: int) -> list[tuple[int, int, int]]:

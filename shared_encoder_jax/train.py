@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                    train_indices))
   model = model_lib.build_model(config.model, tokenizer.vocab_size,
                                 tokenizer.eos_id)
+  model = model.clone(joint_shared_layers=config.joint_shared_layers)
 
   steps_per_epoch = len(train_indices) // config.batch_size
   total_steps = config.total_steps

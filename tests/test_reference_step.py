@@ -106,13 +106,24 @@ def reference_embed(xp, model, params, images, tokens):
   return image, text, scale
 
 
-VARIANTS = [("feature", "all"), ("none", "none"), ("token", "0")]
+# (modality, shared layers, joint shared layers, devices)
+VARIANTS = [("feature", "all", False, 1), ("none", "none", False, 1),
+            ("token", "0", False, 1), ("feature", "all", True, 1),
+            ("token", "0", True, 8)]
 
 
-@pytest.mark.parametrize("modality,shared_layers", VARIANTS)
-def test_first_step_loss_matches_float64_numpy(modality, shared_layers):
-  _, model, tx, schedule = make_setup(modality, shared_layers)
-  _, state, step = compiled_step(model, tx, schedule, jax.devices()[:1])
+def setup_variant(modality, shared_layers, joint, total_steps=10):
+  config, model, tx, schedule = make_setup(modality, shared_layers,
+                                           total_steps=total_steps)
+  return config, model.clone(joint_shared_layers=joint), tx, schedule
+
+
+@pytest.mark.parametrize("modality,shared_layers,joint,devices", VARIANTS)
+def test_first_step_loss_matches_float64_numpy(modality, shared_layers, joint,
+                                               devices):
+  _, model, tx, schedule = setup_variant(modality, shared_layers, joint)
+  _, state, step = compiled_step(model, tx, schedule,
+                                 jax.devices()[:devices])
   params64 = jax.tree.map(lambda p: np.asarray(p, np.float64),
                           jax.device_get(state.params))
   batch = make_batch(model)
@@ -123,11 +134,13 @@ def test_first_step_loss_matches_float64_numpy(modality, shared_layers):
   np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("modality,shared_layers", VARIANTS)
-def test_three_steps_match_reference_step(modality, shared_layers):
-  config, model, tx, schedule = make_setup(modality, shared_layers,
-                                           total_steps=5)
-  _, state, step = compiled_step(model, tx, schedule, jax.devices()[:1])
+@pytest.mark.parametrize("modality,shared_layers,joint,devices", VARIANTS)
+def test_three_steps_match_reference_step(modality, shared_layers, joint,
+                                          devices):
+  config, model, tx, schedule = setup_variant(modality, shared_layers, joint,
+                                              total_steps=5)
+  _, state, step = compiled_step(model, tx, schedule,
+                                 jax.devices()[:devices])
   params = jax.tree.map(lambda p: np.asarray(p, np.float64),
                         jax.device_get(state.params))
   mu = jax.tree.map(np.zeros_like, params)

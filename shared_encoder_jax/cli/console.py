@@ -42,6 +42,20 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
+def use_compilation_cache(path: str) -> None:
+  """Keep compiled XLA programs in `path`, so a rerun skips compilation.
+
+  A restarted or resumed run with the same model, batch and mesh loads its
+  train step from here instead of compiling it again. "" turns it off; the
+  JAX_COMPILATION_CACHE_DIR environment variable, if set, takes precedence.
+  """
+  import jax  # Not at the top: --help stays fast.
+
+  if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
 @contextlib.contextmanager
 def exit_on_user_error():
   """Log a user error (bad config, missing file, ...) and exit with 1."""

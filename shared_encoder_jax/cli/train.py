@@ -21,6 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, logs, metrics and the "
     "tokenizer; an existing one is resumed.")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", "~/.cache/shared_encoder_jax/xla",
+    "Persistent cache of compiled programs (a local path or gs://...); "
+    "empty turns it off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,6 +37,7 @@ def main(argv):
   from shared_encoder_jax.cli import console
 
   console.quiet_library_logs()
+  console.use_compilation_cache(_COMPILATION_CACHE_DIR.value)
   with console.exit_on_user_error():
     # Several processes (SLURM, a TPU slice, launch/local.py) connect here;
     # a single process continues alone.
