@@ -1,4 +1,4 @@
-"""One short run of the paper's shared B/16 train step on an accelerator.
+"""One short run of the shared ViT-B/16 (`paper` size) train step on an accelerator.
 
 Measures, at batch 256 in bfloat16 compute (float32 parameters and
 optimizer state, float32 loss):
@@ -30,8 +30,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-# Dense bf16 peak without sparsity, TFLOP/s, from the vendors' datasheets,
-# by a substring of `jax.devices()[0].device_kind`.
+# Dense bf16 peak without sparsity, TFLOP/s, by a substring of
+# `jax.devices()[0].device_kind`. NOTE: these are the vendors' published
+# figures as commonly quoted (H100/H200 SXM, A100, L4, TPU v4-v6e), not
+# re-checked against a datasheet here; --peak-tflops overrides them.
 DATASHEET_BF16_TFLOPS = (
     ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0),
     ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0),

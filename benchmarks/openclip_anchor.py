@@ -1,9 +1,9 @@
 """This codebase's train step against OpenCLIP's on the same model, side by side.
 
 OpenCLIP (the `open_clip_torch` package, PyTorch) builds a two-tower CLIP
-with exactly the tower dimensions, vocabulary, batch, optimizer (AdamW with
-the same b1, b2, eps, learning rate and weight decay) and loss (symmetric
-InfoNCE over the batch) of a named setup, in float32. The same process
+with exactly the tower dimensions, vocabulary and batch of a named setup, in
+float32. The optimizer is AdamW with the same b1, b2, eps, learning rate and
+weight decay, and the loss is the symmetric InfoNCE over the batch. The same process
 layout runs this codebase's separate-encoder step and its shared-encoder
 step. Each side is a long-lived worker process pinned to the same CPUs
 (`--threads` of them, the same thread count on both sides), with
@@ -60,8 +60,8 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# Workers. Each reads "run N" lines and answers with the N step times as a
-# JSON list; "ready" means built, compiled and warmed up.
+# Workers. Each prints "ready" once built, compiled and warmed up, then reads
+# "run N" lines and prints the N step times of each as a JSON list.
 
 def _serve(run_steps):
   print("ready", flush=True)
@@ -271,7 +271,7 @@ def print_result(result: dict) -> None:
            "shared": "this codebase, shared"}
   for side, r in result["sides"].items():
     print(f"| {names[side]} | {r['median_step_seconds']:.4f} "
-          f"({r['q1']:.4f}–{r['q3']:.4f}) | {r['examples_per_second']:.1f} | "
+          f"({r['q1']:.4f}–{r['q3']:.4f}) | {r['examples_per_second']:.2f} | "
           f"{r['ratio_to_openclip']:.2f}× ({r['ratio_min']:.2f}–"
           f"{r['ratio_max']:.2f}) |")
 

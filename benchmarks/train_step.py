@@ -1,8 +1,8 @@
 """Speed of the train step: time, throughput, FLOP/s against the matmul
 ceiling, where the time goes, and memory.
 
-For each named setup (`small`: the CPU config at batch 64; `b16`: the
-paper's ViT-B/16 towers at batch 8), each encoder variant (`shared`: all
+For each named setup (`small`: the CPU config at batch 64; `b16`: ViT-B/16
+towers, the `paper` size, at batch 8), each encoder variant (`shared`: all
 layers shared with modality features; `separate`: two towers) and each
 device count (1, and 8 forced host devices with the batch split over them),
 it compiles the real train step on random in-memory inputs and reports:
@@ -17,8 +17,13 @@ it compiles the real train step on random in-memory inputs and reports:
     in a profile of two steps;
   * peak memory (XLA's estimate per device and the process's peak RSS).
 
-Each device count runs in its own process (the host device count is fixed
-when JAX starts). Run from the repository root on a quiet machine:
+With several devices the mesh is `fsdp` by default: the batch is split over
+the devices and so are the parameters and optimizer state. (Replicated
+over 8 host devices, B/16's state and gradients need about 27 GiB.)
+
+Each measurement runs in its own process (the host device count is fixed
+when JAX starts), so a failure loses one row. Run from the repository root
+on a quiet machine:
 
   python benchmarks/train_step.py                       # everything
   python benchmarks/train_step.py --setups small --devices 1
@@ -46,6 +51,8 @@ def parse_args(argv=None):
                       choices=["separate", "shared"])
   parser.add_argument("--devices", nargs="+", type=int, default=[1, 8],
                       help="host device counts, each in its own process")
+  parser.add_argument("--mesh", default="fsdp", choices=["fsdp", "data"],
+                      help="mesh axis of the devices when there are several")
   parser.add_argument("--steps", type=int, default=0,
                       help="timed steps; 0: 30 for small, 6 for b16")
   parser.add_argument("--warmup", type=int, default=2)
@@ -59,49 +66,54 @@ def parse_args(argv=None):
 
 
 def run_child(args):
-  """Measure every setup × variant on this process's devices."""
+  """Measure one setup and variant on this process's devices."""
   import jax
+  from shared_encoder_jax import sharding as sharding_lib
   from shared_encoder_jax import step_benchmark
 
   devices = jax.device_count()
-  log = lambda msg: print(f"[{devices} device(s)] {msg}", file=sys.stderr,
-                          flush=True)
-  results = []
-  for setup in args.setups:
-    for variant in args.variants:
-      log(f"{setup}/{variant}: compiling")
-      step = step_benchmark.build_step(setup, variant)
-      shapes = (list(step_benchmark.FIXED_MATMUL_SHAPES) +
-                step_benchmark.model_matmul_shapes(step.model,
-                                                   step.batch_size))
-      log(f"{setup}/{variant}: measuring the matmul ceiling")
-      ceiling = step_benchmark.matmul_ceiling(shapes)
-      result = step_benchmark.measure(
-          step, warmup=args.warmup,
-          steps=args.steps or DEFAULT_STEPS[setup],
-          ceiling=ceiling["best"], profile=not args.no_profile,
-          progress=lambda msg, s=setup, v=variant: log(f"{s}/{v}: {msg}"))
-      result.update(setup=setup, variant=variant, devices=devices,
-                    batch_size=step.batch_size,
-                    ceiling_by_shape=ceiling["by_shape"])
-      results.append(result)
-      del step
-  print(json.dumps(results))
+  setup, variant = args.setups[0], args.variants[0]
+  log = lambda msg: print(f"[{devices} device(s)] {setup}/{variant}: {msg}",
+                          file=sys.stderr, flush=True)
+  axes = {"data": 1, "fsdp": 1, "tensor": 1}
+  axes[args.mesh] = -1
+  log("compiling")
+  step = step_benchmark.build_step(setup, variant,
+                                   mesh=sharding_lib.make_mesh(axes))
+  shapes = (list(step_benchmark.FIXED_MATMUL_SHAPES) +
+            step_benchmark.model_matmul_shapes(step.model, step.batch_size))
+  log("measuring the matmul ceiling")
+  ceiling = step_benchmark.matmul_ceiling(shapes)
+  result = step_benchmark.measure(
+      step, warmup=args.warmup, steps=args.steps or DEFAULT_STEPS[setup],
+      ceiling=ceiling["best"], profile=not args.no_profile, progress=log)
+  result.update(setup=setup, variant=variant, devices=devices,
+                mesh=args.mesh if devices > 1 else "-",
+                batch_size=step.batch_size,
+                ceiling_by_shape=ceiling["by_shape"])
+  print(json.dumps(result))
 
 
-def spawn(args, devices: int) -> list[dict]:
+def spawn(args, devices: int, setup: str, variant: str) -> dict | None:
+  """Run one measurement in a child process; None if it failed."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={devices}")
   env.setdefault("JAX_PLATFORMS", "cpu")
   command = [sys.executable, os.path.abspath(__file__), "--child",
-             "--setups", *args.setups, "--variants", *args.variants,
+             "--setups", setup, "--variants", variant, "--mesh", args.mesh,
              "--steps", str(args.steps), "--warmup", str(args.warmup)]
   if args.no_profile:
     command.append("--no-profile")
-  output = subprocess.run(command, env=env, check=True, text=True,
-                          stdout=subprocess.PIPE).stdout
-  return json.loads(output.strip().splitlines()[-1])
+  child = subprocess.run(command, env=env, text=True, stdout=subprocess.PIPE)
+  if child.returncode != 0:
+    reason = (f"killed by signal {-child.returncode}" if child.returncode < 0
+              else f"exit status {child.returncode}")
+    print(f"[{devices} device(s)] {setup}/{variant}: failed ({reason}; "
+          f"SIGKILL usually means out of memory); its row is missing.",
+          file=sys.stderr, flush=True)
+    return None
+  return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def _gflops(value):
@@ -110,13 +122,13 @@ def _gflops(value):
 
 def print_tables(results: list[dict]) -> None:
   print("\n## Step time and throughput\n")
-  print("| setup | variant | devices | batch | median step s (IQR) | "
+  print("| setup | variant | devices (mesh) | batch | median step s (IQR) | "
         "examples/s | compile s | GFLOP/step (XLA) | GFLOP/s | "
         "ceiling GFLOP/s | of ceiling |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     t = r["step_seconds"]
-    print(f"| {r['setup']} | {r['variant']} | {r['devices']} | "
+    print(f"| {r['setup']} | {r['variant']} | {r['devices']} ({r['mesh']}) | "
           f"{r['batch_size']} | {t['median']:.4f} ({t['q1']:.4f}–"
           f"{t['q3']:.4f}) | {r['examples_per_second']:.1f} | "
           f"{r['compile_seconds']:.1f} | {_gflops(r['flops_per_step'])} "
@@ -158,7 +170,13 @@ def main():
     return
   results = []
   for devices in args.devices:
-    results += spawn(args, devices)
+    for setup in args.setups:
+      for variant in args.variants:
+        result = spawn(args, devices, setup, variant)
+        if result:
+          results.append(result)
+  if not results:
+    sys.exit("Every measurement failed; see the messages above.")
   print_tables(results)
   if args.json:
     with open(args.json, "w") as f:

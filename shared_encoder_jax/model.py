@@ -100,8 +100,8 @@ class SelfAttention(nn.Module):
 
   `x` is (rows, width) with rows = batch × total length: each example's
   tokens of every segment (length, causal) of `segments`, one segment after
-  the other. The projections run once over all rows as 2-D matmuls;
-  attention runs per segment, causal where it says so.
+  the other. The projections run once over all rows as 2-D matmuls, and
+  attention runs per segment, with a causal mask where `causal` is set.
   """
   num_heads: int
   dtype: jnp.dtype = jnp.float32
