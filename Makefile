@@ -49,13 +49,14 @@ lock: $(VENV)/.installed-test
 
 # OpenCLIP and PyTorch for benchmarks/openclip_anchor.py, in their own
 # environment: never in .venv, never in CI. This torch and torchvision pair
-# imports together on x86_64 Linux.
+# imports together on x86_64 Linux; benchmarks/openclip-constraints.txt pins
+# the rest. The torch wheel includes CUDA libraries (about 5.6 GB in all).
 OPENCLIP_VENV ?= .venv-openclip
 openclip-env: $(OPENCLIP_VENV)/.installed
 
-$(OPENCLIP_VENV)/.installed:
+$(OPENCLIP_VENV)/.installed: benchmarks/openclip-constraints.txt
 	$(PYTHON) -m venv $(OPENCLIP_VENV)
-	$(OPENCLIP_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0
+	$(OPENCLIP_VENV)/bin/python -m pip install --quiet -c benchmarks/openclip-constraints.txt torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0
 	touch $@
 
 clean:

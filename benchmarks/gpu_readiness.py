@@ -18,6 +18,9 @@ the accelerator machines have no TensorFlow, TFDS, grain or ml_collections.
   python benchmarks/gpu_readiness.py               # B/16, batch 256, bf16
   python benchmarks/gpu_readiness.py --json gpu.json
 
+With several devices the batch is split over all of them and the MFU
+compares against the per-device peaks times the device count.
+
 On a machine without an accelerator it refuses to run unless
 `--allow-cpu` (used by the test with `--setup small`).
 """
@@ -25,33 +28,40 @@ On a machine without an accelerator it refuses to run unless
 import argparse
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-# Dense bf16 peak without sparsity, TFLOP/s, by a substring of
-# `jax.devices()[0].device_kind`. NOTE: these are the vendors' published
-# figures as commonly quoted (H100/H200 SXM, A100, L4, TPU v4-v6e), not
-# re-checked against a datasheet here; --peak-tflops overrides them.
+# Dense bf16 peak per device without sparsity, TFLOP/s, for the first
+# regular expression that matches `jax.devices()[0].device_kind` (more
+# specific names first). NOTE: these are the vendors' published figures as
+# commonly quoted, not re-checked against a datasheet here; --peak-tflops
+# overrides them.
 DATASHEET_BF16_TFLOPS = (
-    ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0),
-    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0),
-    ("TPU v4", 275.0),
+    (r"H100 PCIe", 756.0), (r"H100 NVL", 835.0), (r"\bH100\b", 989.0),
+    (r"\bH200\b", 989.0), (r"\bA100\b", 312.0), (r"\bL4\b", 121.0),
+    (r"TPU v6 lite", 918.0), (r"TPU v5 lite", 197.0), (r"TPU v5p?$", 459.0),
+    (r"TPU v4\b", 275.0),
 )
 BF16_SHAPES = ((4096, 4096, 4096), (8192, 8192, 8192))
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--setup", default="b16", choices=["small", "b16"])
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--dtype", default="bfloat16",
                       choices=["bfloat16", "float32"])
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=3,
+                      help="untimed steps before timing")
   parser.add_argument("--peak-tflops", type=float, default=0.0,
-                      help="datasheet peak; 0: look up the device kind")
+                      help="peak TFLOP/s of one device; 0: look up the "
+                      "device kind (bf16 only)")
   parser.add_argument("--no-joint", action="store_true",
                       help="skip the joint-shared-layers measurement")
   parser.add_argument("--allow-cpu", action="store_true",
@@ -61,8 +71,9 @@ def parse_args(argv=None):
 
 
 def datasheet_peak(device_kind: str) -> float | None:
-  for name, tflops in DATASHEET_BF16_TFLOPS:
-    if name.lower() in device_kind.lower():
+  """Return the bf16 peak FLOP/s of one device of this kind, if known."""
+  for pattern, tflops in DATASHEET_BF16_TFLOPS:
+    if re.search(pattern, device_kind):
       return tflops * 1e12
   return None
 
@@ -80,8 +91,14 @@ def main():
   print(f"device: {device.device_kind} ({device.platform}), "
         f"{jax.device_count()} device(s), jax {jax.__version__}", flush=True)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  peak = (args.peak_tflops * 1e12 if args.peak_tflops else
-          datasheet_peak(device.device_kind))
+  # The step's devices together; host devices would share the same cores.
+  devices = jax.device_count() if device.platform != "cpu" else 1
+  if args.peak_tflops:
+    peak = args.peak_tflops * 1e12 * devices
+  elif args.dtype == "bfloat16" and datasheet_peak(device.device_kind):
+    peak = datasheet_peak(device.device_kind) * devices
+  else:
+    peak = None
 
   results = []
   for joint in ([False] if args.no_joint else [False, True]):
@@ -92,23 +109,33 @@ def main():
                                      joint_shared_layers=joint)
     if not results:
       shapes = list(BF16_SHAPES if device.platform != "cpu" else []) + (
-          step_benchmark.model_matmul_shapes(step.model, args.batch))
+          step_benchmark.model_matmul_shapes(step.model,
+                                             args.batch // step.num_devices))
       ceiling = step_benchmark.matmul_ceiling(shapes, dtype=dtype)
       print(f"measured {args.dtype} matmul ceiling: "
-            f"{ceiling['best'] / 1e12:.1f} TFLOP/s", flush=True)
+            f"{ceiling['best'] / 1e12:.1f} TFLOP/s per device", flush=True)
+      measured_peak = ceiling["best"] * devices
     result = step_benchmark.measure(step, warmup=args.warmup,
-                                    steps=args.steps,
-                                    ceiling=ceiling["best"], profile=False)
+                                    steps=args.steps, ceiling=measured_peak,
+                                    profile=False)
     achieved = result["achieved_flops_per_second"]
     result.update(joint_shared_layers=joint, device=device.device_kind,
-                  dtype=args.dtype, batch_size=args.batch,
+                  devices=devices, dtype=args.dtype, batch_size=args.batch,
                   datasheet_peak_flops_per_second=peak,
-                  mfu_measured=achieved / ceiling["best"],
+                  mfu_measured=achieved / measured_peak,
                   mfu_datasheet=achieved / peak if peak else None,
                   ceiling_by_shape=ceiling["by_shape"])
     results.append(result)
     memory = result["memory"]
-    peak_bytes = memory["device_peak_bytes"] or memory["compiled_bytes"]
+    if memory["device_peak_bytes"]:
+      # The allocator's peak since the process started, over every run.
+      memory_text = (f", device memory peak so far "
+                     f"{memory['device_peak_bytes'] / 2 ** 30:.1f} GiB")
+    elif memory["compiled_bytes"]:
+      memory_text = (f", XLA's memory estimate "
+                     f"{memory['compiled_bytes'] / 2 ** 30:.1f} GiB")
+    else:
+      memory_text = ""
     t = result["step_seconds"]
     print(f"shared layers {label}: step {t['median'] * 1e3:.1f} ms "
           f"(IQR {t['q1'] * 1e3:.1f}-{t['q3'] * 1e3:.1f}), "
@@ -118,9 +145,8 @@ def main():
           f"of measured matmul, "
           + (f"{100 * result['mfu_datasheet']:.1f}% of datasheet "
              f"{peak / 1e12:.0f} TFLOP/s" if peak else
-             "no datasheet peak for this device (pass --peak-tflops)")
-          + (f", peak memory {peak_bytes / 2 ** 30:.1f} GiB"
-             if peak_bytes else ""), flush=True)
+             "no datasheet peak for this device and dtype (pass "
+             "--peak-tflops)") + memory_text, flush=True)
     del step
   if args.json:
     with open(args.json, "w") as f:

@@ -16,11 +16,13 @@ OpenCLIP (median over rounds, with its range).
 
 OpenCLIP lives in its own virtual environment, never in the project's:
 
-  make openclip-env        # once: .venv-openclip with torch and open_clip_torch
-  python benchmarks/openclip_anchor.py --setup small
-  python benchmarks/openclip_anchor.py --setup b16
+  make install openclip-env     # once: .venv, and .venv-openclip with torch
+  .venv/bin/python benchmarks/openclip_anchor.py --setup small
+  .venv/bin/python benchmarks/openclip_anchor.py --setup b16
 
-Run it on a quiet machine; see docs/performance.md for the numbers.
+Run it on a quiet Linux machine (it pins processes to CPUs with
+sched_setaffinity). The three workers stay alive together: B/16 needs about
+15 GiB. See docs/performance.md for the numbers.
 """
 
 import argparse
@@ -38,15 +40,19 @@ SIDES = ("openclip", "separate", "shared")
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--setup", default="small", choices=["small", "b16"])
   parser.add_argument("--rounds", type=int, default=0,
                       help="alternating rounds; 0: 7 for small, 5 for b16")
   parser.add_argument("--steps-per-turn", type=int, default=0,
                       help="timed steps per turn; 0: 10 for small, 2 for b16")
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=3,
+                      help="untimed steps per side after building")
   parser.add_argument("--threads", type=int, default=len(
-      os.sched_getaffinity(0)), help="CPU threads for each side")
+      os.sched_getaffinity(0)), help="CPUs (and threads) for each side; "
+      "the default is every CPU this process may use")
   parser.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON,
                       help="the Python of the OpenCLIP environment")
   parser.add_argument(
@@ -95,7 +101,8 @@ def openclip_worker(spec: dict, threads: int, optimizer: str, warmup: int):
                     mlp_ratio=mlp_ratio))
   model.train()
   # OpenCLIP's training script: no weight decay on gains, biases and the
-  # logit scale.
+  # logit scale. Unlike this codebase it decays the token and position
+  # embeddings, which changes no cost.
   no_decay = lambda name, p: (p.ndim < 2 or "bn" in name or "ln" in name or
                               "bias" in name or "logit_scale" in name)
   named = list(model.named_parameters())
@@ -181,21 +188,33 @@ class Worker:
   def _expect_ready(self):
     line = self.process.stdout.readline().strip()
     if line != "ready":
-      self.process.kill()
+      self.close()
       raise RuntimeError(
-          f"The {self.side} worker exited before it was ready (see its "
-          f"error above).")
+          f"The {self.side} worker exited before it was ready; its error is "
+          f"above.")
 
   def run(self, count: int) -> list[float]:
-    self.process.stdin.write(f"run {count}\n")
-    self.process.stdin.flush()
-    return json.loads(self.process.stdout.readline())
+    try:
+      self.process.stdin.write(f"run {count}\n")
+      self.process.stdin.flush()
+      line = self.process.stdout.readline()
+    except BrokenPipeError:
+      line = ""
+    if not line:
+      raise RuntimeError(f"The {self.side} worker exited while running "
+                         f"steps; its error is above.")
+    return json.loads(line)
 
   def close(self):
+    """Ask the worker to quit; kill it if it does not within 60 s."""
     if self.process.poll() is None:
-      self.process.stdin.write("quit\n")
-      self.process.stdin.flush()
-      self.process.wait(timeout=60)
+      try:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        self.process.wait(timeout=60)
+      except (BrokenPipeError, subprocess.TimeoutExpired):
+        self.process.kill()
+    self.process.wait()
 
 
 def _percentiles(values):

@@ -1,5 +1,7 @@
-"""Speed of the train step: time, throughput, FLOP/s against the matmul
-ceiling, where the time goes, and memory.
+"""Measure the train step's speed against the machine's matmul ceiling.
+
+Reports time, throughput, FLOP/s against the matmul ceiling, where the time
+goes, and memory.
 
 For each named setup (`small`: the CPU config at batch 64; `b16`: ViT-B/16
 towers, the `paper` size, at batch 8), each encoder variant (`shared`: all
@@ -25,11 +27,12 @@ Each measurement runs in its own process (the host device count is fixed
 when JAX starts), so a failure loses one row. Run from the repository root
 on a quiet machine:
 
-  python benchmarks/train_step.py                       # everything
-  python benchmarks/train_step.py --setups small --devices 1
-  python benchmarks/train_step.py --json results.json   # also save results
+  .venv/bin/python benchmarks/train_step.py                # everything
+  .venv/bin/python benchmarks/train_step.py --setups small --devices 1
+  .venv/bin/python benchmarks/train_step.py --json results.json
 
-The full run takes about 10 minutes on 2 cores. See docs/performance.md.
+The full run takes about 10 minutes on 2 cores and needs about 15 GiB of
+memory (B/16 on 8 devices). See docs/performance.md.
 """
 
 import argparse
@@ -39,11 +42,14 @@ import subprocess
 import sys
 
 DEFAULT_STEPS = {"small": 30, "b16": 6}
+RESULT_PREFIX = "RESULT "
 MIB = 2 ** 20
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--setups", nargs="+", default=["small", "b16"],
                       choices=["small", "b16"])
   parser.add_argument("--variants", nargs="+",
@@ -55,7 +61,8 @@ def parse_args(argv=None):
                       help="mesh axis of the devices when there are several")
   parser.add_argument("--steps", type=int, default=0,
                       help="timed steps; 0: 30 for small, 6 for b16")
-  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps before timing")
   parser.add_argument("--no-profile", action="store_true",
                       help="skip the time breakdown")
   parser.add_argument("--json", default="",
@@ -81,7 +88,8 @@ def run_child(args):
   step = step_benchmark.build_step(setup, variant,
                                    mesh=sharding_lib.make_mesh(axes))
   shapes = (list(step_benchmark.FIXED_MATMUL_SHAPES) +
-            step_benchmark.model_matmul_shapes(step.model, step.batch_size))
+            step_benchmark.model_matmul_shapes(
+                step.model, step.batch_size // step.num_devices))
   log("measuring the matmul ceiling")
   ceiling = step_benchmark.matmul_ceiling(shapes)
   result = step_benchmark.measure(
@@ -91,7 +99,7 @@ def run_child(args):
                 mesh=args.mesh if devices > 1 else "-",
                 batch_size=step.batch_size,
                 ceiling_by_shape=ceiling["by_shape"])
-  print(json.dumps(result))
+  print(RESULT_PREFIX + json.dumps(result))
 
 
 def spawn(args, devices: int, setup: str, variant: str) -> dict | None:
@@ -100,20 +108,27 @@ def spawn(args, devices: int, setup: str, variant: str) -> dict | None:
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={devices}")
   env.setdefault("JAX_PLATFORMS", "cpu")
+  # Compile times are those without the persistent compilation cache.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   command = [sys.executable, os.path.abspath(__file__), "--child",
              "--setups", setup, "--variants", variant, "--mesh", args.mesh,
              "--steps", str(args.steps), "--warmup", str(args.warmup)]
   if args.no_profile:
     command.append("--no-profile")
   child = subprocess.run(command, env=env, text=True, stdout=subprocess.PIPE)
-  if child.returncode != 0:
-    reason = (f"killed by signal {-child.returncode}" if child.returncode < 0
-              else f"exit status {child.returncode}")
-    print(f"[{devices} device(s)] {setup}/{variant}: failed ({reason}; "
-          f"SIGKILL usually means out of memory); its row is missing.",
-          file=sys.stderr, flush=True)
+  lines = [line for line in child.stdout.splitlines()
+           if line.startswith(RESULT_PREFIX)]
+  if child.returncode != 0 or not lines:
+    if child.returncode == -9:
+      reason = "killed by SIGKILL, usually for lack of memory"
+    elif child.returncode < 0:
+      reason = f"killed by signal {-child.returncode}"
+    else:
+      reason = f"exit status {child.returncode}, error above"
+    print(f"[{devices} device(s)] {setup}/{variant}: failed ({reason}); "
+          f"its row is missing.", file=sys.stderr, flush=True)
     return None
-  return json.loads(child.stdout.strip().splitlines()[-1])
+  return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 def _gflops(value):
@@ -138,17 +153,24 @@ def print_tables(results: list[dict]) -> None:
           f"{100 * r['ceiling_fraction']:.0f}% |")
   if any(r.get("breakdown") for r in results):
     print("\n## Where the time goes (share of summed kernel time)\n")
-    print("| setup | variant | devices | dense | attention | elementwise | "
-          "layout | optimizer |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setup | variant | devices | kernel s/step | dense | attention | "
+          "elementwise | layout | optimizer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-      shares = (r.get("breakdown") or {}).get("shares")
-      if not shares:
+      breakdown = r.get("breakdown")
+      if not breakdown:
         continue
-      cells = " | ".join(f"{100 * shares[c]:.0f}%" for c in
-                         ("dense", "attention", "elementwise", "layout",
-                          "optimizer"))
-      print(f"| {r['setup']} | {r['variant']} | {r['devices']} | {cells} |")
+      seconds = breakdown["seconds_per_step"]
+      cells = " | ".join(
+          f"{100 * breakdown['shares'][c]:.0f}% "
+          f"({seconds * breakdown['shares'][c]:.3f} s)"
+          for c in ("dense", "attention", "elementwise", "layout",
+                    "optimizer"))
+      print(f"| {r['setup']} | {r['variant']} | {r['devices']} | "
+            f"{seconds:.3f} | {cells} |")
+    print("\nKernel time is summed over the kernels of a profiled step; "
+          "kernels that overlap each count in full, and profiling slows the "
+          "step, so it can exceed the step time.")
   print("\n## Memory\n")
   print("| setup | variant | devices | XLA estimate per device MiB | "
         "process peak RSS MiB |")
@@ -159,8 +181,14 @@ def print_tables(results: list[dict]) -> None:
                 if m["compiled_bytes"] else "-")
     print(f"| {r['setup']} | {r['variant']} | {r['devices']} | {estimate} | "
           f"{m['process_max_rss_bytes'] / MIB:.0f} |")
-  print("\nCeiling: best f32 matmul rate of "
-        + ", ".join(results[0]["ceiling_by_shape"]) + " (m×k×n).")
+  print("\nCeiling: the best float32 matmul rate on one device of these "
+        "shapes (m×k×n), the model's own at the per-device batch last:")
+  shown = set()
+  for r in results:
+    shapes = ", ".join(r["ceiling_by_shape"])
+    if shapes not in shown:
+      shown.add(shapes)
+      print(f"- {r['setup']}, {r['devices']} device(s): {shapes}")
 
 
 def main():

@@ -35,8 +35,9 @@ from shared_encoder_jax import sharding as sharding_lib
 from shared_encoder_jax import train_step as train_step_lib
 from shared_encoder_jax.model_sizes import MODEL_SIZES
 
-# Named setups: model size, global batch and vocabulary (that of the
-# experiment configs at this size, see `config.pmc_oa_experiment`).
+# Named setups: model size, the benchmark's global batch (smaller than the
+# experiment configs' 128 and 256, to fit 2 CPU cores), and the vocabulary
+# of the experiment configs at this size (`config.pmc_oa_experiment`).
 SETUPS = {
     "small": dict(size="small", batch_size=64, vocab_size=1000),
     "b16": dict(size="paper", batch_size=8, vocab_size=49408),
@@ -202,7 +203,10 @@ def xla_flops(step: Step) -> float | None:
 
 
 def model_matmul_shapes(model, batch_size: int) -> list[tuple[int, int, int]]:
-  """(m, k, n) of the model's largest dense matmuls at this batch."""
+  """List (m, k, n) of the model's largest dense matmuls at a batch size.
+
+  Pass the per-device batch to get the shapes that one device runs.
+  """
   rows = batch_size * (1 + model.num_patches)
   text_rows = batch_size * model.text_context
   width, mlp = model.width, model.mlp_dim
@@ -392,7 +396,12 @@ def measure(step: Step, *, warmup: int, steps: int,
             profile: bool = True,
             progress: Callable[[str], None] = lambda _: None
             ) -> dict[str, Any]:
-  """Time `steps` steps after `warmup`, and report rates and the profile."""
+  """Time `steps` steps after `warmup`, and report rates and the profile.
+
+  `ceiling` is the FLOP/s that all of the step's devices together could
+  reach: one device's matmul rate times the device count on accelerators,
+  one device's rate for host devices that share the same cores.
+  """
   progress(f"warm-up ({warmup} steps)")
   step.run(warmup)
   progress(f"timing ({steps} steps)")
