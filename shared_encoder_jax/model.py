@@ -95,6 +95,41 @@ class HeadsDense(nn.Module):
     return y.reshape((rows,) + self.shape[num_in:])
 
 
+class PatchEmbedding(nn.Module):
+  """Non-overlapping patches times a kernel, with an optional appended vector.
+
+  The parameters are those of `nn.Conv` with a (patch, patch, channels,
+  features) kernel and stride `patch` (same names, shapes and initial
+  values), but the patches are flattened and multiplied as one 2-D matmul.
+  With `feature` (the image modality feature), the output has its values
+  appended to every patch: the kernel gets zero columns and the bias gets
+  the feature, so no concatenation of the activations is needed.
+  """
+  features: int
+  patch_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, feature=None):
+    batch, height, width, channels = images.shape
+    p = self.patch_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (p, p, channels, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias,
+                                                   dtype=self.dtype)
+    rows, cols = height // p, width // p
+    patches = images[:, :rows * p, :cols * p].reshape(
+        batch, rows, p, cols, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch * rows * cols, p * p * channels)
+    kernel = kernel.reshape(p * p * channels, self.features)
+    if feature is not None:
+      kernel = jnp.pad(kernel, ((0, 0), (0, feature.shape[-1])))
+      bias = jnp.concatenate([bias, feature.astype(bias.dtype)])
+    x = patches @ kernel + bias
+    return x.reshape(batch, rows * cols, -1)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention over one or more sequences per example.
 
@@ -224,10 +259,8 @@ class SharedEncoderCLIP(nn.Module):
 
     normal = nn.initializers.normal
     scale = self.width ** -0.5
-    self.patch_embedding = nn.Conv(
-        self._embedding_width, (self.patch_size, self.patch_size),
-        strides=(self.patch_size, self.patch_size), padding="VALID",
-        dtype=dtype)
+    self.patch_embedding = PatchEmbedding(self._embedding_width,
+                                          self.patch_size, dtype=dtype)
     self.class_token = self.param("class_token", normal(scale),
                                   (self.width,))
     self.image_position_embedding = self.param(
@@ -282,11 +315,10 @@ class SharedEncoderCLIP(nn.Module):
   def _image_tokens(self, images):
     """Patch, class and modality tokens of images, before the blocks."""
     dtype = _DTYPES[self.dtype]
-    x = self.patch_embedding(images.astype(dtype))
+    x = self.patch_embedding(
+        images.astype(dtype),
+        self.image_modality_embedding if self.modality == "feature" else None)
     batch = x.shape[0]
-    x = x.reshape(batch, -1, x.shape[-1])
-    if self.modality == "feature":
-      x = self._add_feature(x, self.image_modality_embedding)
 
     parts = [jnp.broadcast_to(self.class_token.astype(dtype),
                               (batch, 1, self.width))]
