@@ -217,18 +217,6 @@ class Worker:
     self.process.wait()
 
 
-def _percentiles(values):
-  ordered = sorted(values)
-
-  def at(q):
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-  return at(0.25), at(0.5), at(0.75)
-
-
 def drive(args) -> dict:
   if not os.path.exists(args.torch_python):
     sys.exit(f"No OpenCLIP environment at {args.torch_python}: run "
@@ -236,6 +224,8 @@ def drive(args) -> dict:
   steps, rounds = DEFAULTS[args.setup]
   steps = args.steps_per_turn or steps
   rounds = args.rounds or rounds
+  from shared_encoder_jax import step_benchmark
+
   spec = setup_spec(args.setup)
   print(f"{args.setup}: batch {spec['batch_size']}, {args.threads} threads, "
         f"{rounds} rounds of {steps} steps per side", file=sys.stderr)
@@ -251,7 +241,8 @@ def drive(args) -> dict:
       for side in SIDES:
         measured = workers[side].run(steps)
         times[side] += measured
-        round_medians[side].append(_percentiles(measured)[1])
+        round_medians[side].append(
+            step_benchmark.summarize(measured)["median"])
       print(f"round {r + 1}/{rounds}: " + ", ".join(
           f"{side} {round_medians[side][-1]:.4f} s"
           for side in SIDES), file=sys.stderr, flush=True)
@@ -262,18 +253,21 @@ def drive(args) -> dict:
 
 
 def summarize(args, spec, times, round_medians) -> dict:
+  from shared_encoder_jax import step_benchmark
+
   batch = spec["batch_size"]
   result = {"setup": args.setup, "batch_size": batch,
             "threads": args.threads, "torch_optimizer": args.torch_optimizer,
             "sides": {}}
   for side in SIDES:
-    q1, median, q3 = _percentiles(times[side])
+    timing = step_benchmark.summarize(times[side])
     ratios = [o / s for o, s in zip(round_medians["openclip"],
                                     round_medians[side])]
     result["sides"][side] = {
-        "median_step_seconds": median, "q1": q1, "q3": q3,
-        "examples_per_second": batch / median,
-        "ratio_to_openclip": _percentiles(ratios)[1],
+        "median_step_seconds": timing["median"], "q1": timing["q1"],
+        "q3": timing["q3"],
+        "examples_per_second": batch / timing["median"],
+        "ratio_to_openclip": step_benchmark.summarize(ratios)["median"],
         "ratio_min": min(ratios), "ratio_max": max(ratios),
         "round_medians": round_medians[side]}
   return result

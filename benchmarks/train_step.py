@@ -3,11 +3,12 @@
 Reports time, throughput, FLOP/s against the matmul ceiling, where the time
 goes, and memory.
 
-For each named setup (`small`: the CPU config at batch 64; `b16`: ViT-B/16
-towers, the `paper` size, at batch 8), each encoder variant (`shared`: all
-layers shared with modality features; `separate`: two towers) and each
-device count (1, and 8 forced host devices with the batch split over them),
-it compiles the real train step on random in-memory inputs and reports:
+The named setups are `small`, the CPU config at batch 64, and `b16`,
+ViT-B/16 towers (the `paper` size) at batch 8. The encoder variants are
+`shared` (all layers shared, with modality features) and `separate` (two
+towers). The device counts are 1 and 8 forced host devices with the batch
+split over them. For each combination the script compiles the real train
+step on random in-memory inputs and reports:
   * compile time (persistent compilation cache off);
   * median step time over `--steps` steps after `--warmup`, with its spread,
     and examples per second;
@@ -135,7 +136,7 @@ def _gflops(value):
   return f"{value / 1e9:.1f}" if value else "-"
 
 
-def print_tables(results: list[dict]) -> None:
+def print_speed_table(results: list[dict]) -> None:
   print("\n## Step time and throughput\n")
   print("| setup | variant | devices (mesh) | batch | median step s (IQR) | "
         "examples/s | compile s | GFLOP/step (XLA) | GFLOP/s | "
@@ -151,26 +152,31 @@ def print_tables(results: list[dict]) -> None:
           f"{_gflops(r['achieved_flops_per_second'])} | "
           f"{_gflops(r['ceiling_flops_per_second'])} | "
           f"{100 * r['ceiling_fraction']:.0f}% |")
-  if any(r.get("breakdown") for r in results):
-    print("\n## Where the time goes (share of summed kernel time)\n")
-    print("| setup | variant | devices | kernel s/step | dense | attention | "
-          "elementwise | layout | optimizer |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-      breakdown = r.get("breakdown")
-      if not breakdown:
-        continue
-      seconds = breakdown["seconds_per_step"]
-      cells = " | ".join(
-          f"{100 * breakdown['shares'][c]:.0f}% "
-          f"({seconds * breakdown['shares'][c]:.3f} s)"
-          for c in ("dense", "attention", "elementwise", "layout",
-                    "optimizer"))
-      print(f"| {r['setup']} | {r['variant']} | {r['devices']} | "
-            f"{seconds:.3f} | {cells} |")
-    print("\nKernel time is summed over the kernels of a profiled step; "
-          "kernels that overlap each count in full, and profiling slows the "
-          "step, so it can exceed the step time.")
+
+
+def print_breakdown_table(results: list[dict]) -> None:
+  print("\n## Where the time goes (share of summed kernel time)\n")
+  print("| setup | variant | devices | kernel s/step | dense | attention | "
+        "elementwise | layout | optimizer |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for r in results:
+    breakdown = r.get("breakdown")
+    if not breakdown:
+      continue
+    seconds = breakdown["seconds_per_step"]
+    cells = " | ".join(
+        f"{100 * breakdown['shares'][c]:.0f}% "
+        f"({seconds * breakdown['shares'][c]:.3f} s)"
+        for c in ("dense", "attention", "elementwise", "layout",
+                  "optimizer"))
+    print(f"| {r['setup']} | {r['variant']} | {r['devices']} | "
+          f"{seconds:.3f} | {cells} |")
+  print("\nKernel time is summed over the kernels of a profiled step. "
+        "Kernels that overlap each count in full, and profiling slows the "
+        "step, so it can exceed the step time.")
+
+
+def print_memory_table(results: list[dict]) -> None:
   print("\n## Memory\n")
   print("| setup | variant | devices | XLA estimate per device MiB | "
         "process peak RSS MiB |")
@@ -181,13 +187,21 @@ def print_tables(results: list[dict]) -> None:
                 if m["compiled_bytes"] else "-")
     print(f"| {r['setup']} | {r['variant']} | {r['devices']} | {estimate} | "
           f"{m['process_max_rss_bytes'] / MIB:.0f} |")
+
+
+def print_tables(results: list[dict]) -> None:
+  print_speed_table(results)
+  if any(r.get("breakdown") for r in results):
+    print_breakdown_table(results)
+  print_memory_table(results)
+
   print("\nCeiling: the best float32 matmul rate on one device of these "
         "shapes (m×k×n), the model's own at the per-device batch last:")
-  shown = set()
+  printed_shapes = set()
   for r in results:
     shapes = ", ".join(r["ceiling_by_shape"])
-    if shapes not in shown:
-      shown.add(shapes)
+    if shapes not in printed_shapes:
+      printed_shapes.add(shapes)
       print(f"- {r['setup']}, {r['devices']} device(s): {shapes}")
 
 

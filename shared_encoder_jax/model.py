@@ -65,7 +65,7 @@ class HeadsDense(nn.Module):
   """A dense layer whose kernel has a heads axis, applied as a 2-D matmul.
 
   "in" maps (rows, width) to (rows, heads, head_dim) with a kernel of shape
-  (width, heads, head_dim); "out" maps (rows, heads, head_dim) to
+  (width, heads, head_dim). "out" maps (rows, heads, head_dim) to
   (rows, width) with a kernel of shape (heads, head_dim, width). The
   parameters, their names and their initial values are those of
   `nn.DenseGeneral`, so checkpoints and sharding rules see the same tree,
@@ -174,10 +174,11 @@ class SelfAttention(nn.Module):
 class EncoderBlock(nn.Module):
   """Pre-LN Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-  Works on (rows, width) arrays holding the sequences of `segments` (see
-  `SelfAttention`): the dense layers are then plain 2-D matmuls, whose
-  weight gradients contract one axis instead of two (several times faster
-  on CPU), and a shared block can take both modalities in one call.
+  Works on (rows, width) arrays that contain the sequences of `segments`
+  (see `SelfAttention`). The dense layers are then plain 2-D matmuls, whose
+  weight gradients contract one axis instead of two, which XLA runs several
+  times faster on CPU. A shared block can also take both modalities in one
+  call.
   """
   num_heads: int
   mlp_dim: int
@@ -220,9 +221,9 @@ class SharedEncoderCLIP(nn.Module):
   use_logit_bias: bool = False
   logit_bias_init: float = 0.0
   remat: str = "none"
-  # How shared layers run when both modalities are embedded together (the
-  # train step); it changes speed, not results, so it is not one of the
-  # CONFIG_FIELDS (see `config.joint_shared_layers` and `__call__`).
+  # Whether a shared layer runs once over both modalities when they are
+  # embedded together, as in the train step (see `__call__`). It changes
+  # speed, not results, so it is not one of the CONFIG_FIELDS.
   joint_shared_layers: bool = False
 
   @property

@@ -61,7 +61,7 @@ EOT_ID = 2
 
 
 def model_fields(setup: str, variant: str, **overrides) -> dict[str, Any]:
-  """The `config.model` fields of a named setup and encoder variant."""
+  """Return the `config.model` fields of a named setup and encoder variant."""
   if setup not in SETUPS:
     raise ValueError(f"Unknown setup {setup!r}; choose from {sorted(SETUPS)}.")
   if variant not in VARIANTS:
@@ -187,10 +187,10 @@ def analytic_flops(model, batch_size: int) -> dict[str, int]:
 
 
 def xla_flops(step: Step) -> float | None:
-  """XLA's own FLOP count of the compiled step, where the backend has one.
+  """Return XLA's own FLOP count of the step, where the backend has one.
 
-  XLA counts the program of one device; every device runs it on its part
-  of the batch, so the step's count is that times the device count.
+  XLA counts the program of one device. Every device runs it on its part of
+  the batch, so the step's count is that times the device count.
   """
   try:
     analysis = step.compiled.cost_analysis()
@@ -222,10 +222,11 @@ FIXED_MATMUL_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048),
 def matmul_ceiling(shapes: Sequence[tuple[int, int, int]],
                    dtype=jnp.float32, seconds_per_shape: float = 0.5,
                    device=None) -> dict[str, Any]:
-  """The best rate of `shapes` (m, k, n) matmuls, FLOP/s, on one device.
+  """Measure the best rate of `shapes` (m, k, n) matmuls on one device.
 
-  Each shape runs repeatedly for about `seconds_per_shape`; its rate is the
-  best of 3 such rounds. Returns the best rate and each shape's rate.
+  Each shape runs repeatedly for about `seconds_per_shape`, and its rate is
+  the best of 3 such rounds. Returns the best rate and each shape's rate,
+  in FLOP/s.
   """
   device = device or jax.devices()[0]
   matmul = jax.jit(jnp.matmul)
@@ -253,12 +254,12 @@ def matmul_ceiling(shapes: Sequence[tuple[int, int, int]],
 
 
 def memory(step: Step) -> dict[str, float | None]:
-  """Peak memory: XLA's estimate for one device, and the process's.
+  """Report peak memory: XLA's estimate for one device, and the process's.
 
-  `compiled_bytes` is arguments + outputs + temporaries − aliased (donated)
-  buffers of the compiled step; `device_peak_bytes` is the allocator's peak
-  where the device reports one (GPU, TPU); `process_max_rss_bytes` is the
-  host process's peak resident memory (Linux reports KiB).
+  `compiled_bytes` is the arguments, outputs and temporaries of the compiled
+  step minus its aliased (donated) buffers. `device_peak_bytes` is the
+  allocator's peak where the device reports one (GPU, TPU), and
+  `process_max_rss_bytes` the host process's peak resident memory.
   """
   result: dict[str, float | None] = {"compiled_bytes": None,
                                      "device_peak_bytes": None}
@@ -314,7 +315,7 @@ def _parse_hlo(text: str):
 
 
 def _category(name, instructions, computations) -> str | None:
-  """The category of one executed instruction, or None for containers."""
+  """Classify one executed instruction; return None for containers."""
   opcode, op_name, called = instructions[name]
   if opcode in _CONTAINER_OPCODES:
     return None
@@ -346,18 +347,22 @@ def _trace_events(trace_dir: str) -> list[dict]:
 
 
 def time_breakdown(step: Step, steps: int = 2) -> dict[str, Any] | None:
-  """Share of the step's kernel time per category, from a JAX profile.
+  """Split the step's kernel time into categories, from a JAX profile.
 
-  Profiles `steps` steps and matches each executed HLO instruction (XLA's
-  CPU thunks and GPU kernels are named after them) to its op_name metadata:
-  "optimizer" for everything under the train step's `optimizer` scope,
-  "attention" for the attention core (scores, softmax, weighted sum; the
-  Q/K/V/output projections are dense), "dense" for the other matmuls and
-  convolutions, "layout" for copies and transposes, "elementwise" for the
-  rest (LayerNorm, GELU, residual adds, the loss, gathers). Shares are of
-  the summed instruction time; instructions that run concurrently are each
-  counted in full. Returns None when the profile has no per-instruction
-  events.
+  Profiles `steps` steps and matches each executed HLO instruction by name
+  to its op_name metadata. XLA's CPU thunks carry the instruction names.
+  NOTE: GPU and TPU profiles were not checked; there the result may be None.
+  The categories:
+    * "optimizer": everything under the train step's `optimizer` scope;
+    * "attention": the attention core (scores, softmax, weighted sum), while
+      the Q, K, V and output projections count as dense;
+    * "dense": the other matmuls and convolutions;
+    * "layout": copies and transposes;
+    * "elementwise": the rest (LayerNorm, GELU, residual adds, the loss,
+      gathers).
+  Shares are of the summed instruction time, and instructions that run
+  concurrently each count in full. Returns None when the profile has no
+  per-instruction events.
   """
   instructions, computations = _parse_hlo(step.compiled.as_text())
   with tempfile.TemporaryDirectory() as trace_dir:

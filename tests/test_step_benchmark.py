@@ -47,7 +47,7 @@ def test_analytic_flops_agree_with_xla(small_step):
   # XLA also counts elementwise work, which the formula leaves out.
   assert 0.9 < analytic / xla <= 1.0
   # On 8 devices each runs an eighth of the batch, so the total is about
-  # the same; replicated work (the optimizer update, the loss) counts 8x.
+  # the same. Replicated work (the optimizer update, the loss) counts 8x.
   eight = step_benchmark.build_step("small", "separate", batch_size=16)
   assert eight.num_devices == 8
   assert 1.0 < step_benchmark.xla_flops(eight) / xla < 1.1
@@ -61,7 +61,8 @@ def test_measure_reports_rates_and_a_breakdown(small_step):
       result["achieved_flops_per_second"] / 1e12)
   shares = result["breakdown"]["shares"]
   assert sum(shares.values()) == pytest.approx(1.0)
-  assert shares["dense"] > 0.2 and shares["attention"] > 0
+  assert shares["dense"] > 0.2
+  assert shares["attention"] > 0
   assert shares["optimizer"] > 0
   assert result["memory"]["compiled_bytes"] > 0
 
